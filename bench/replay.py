@@ -1,0 +1,176 @@
+"""Replay benchmark: insert/sample throughput and latency against the raw Redis ceiling.
+
+Starts its own redis-server shards (AOF on, fsync everysec), inserts and samples groups of
+8 trajectories x 1024 tokens through ReplayClient, and, on the same servers and bytes, times
+redis-py pipelined SET and MGET (the ceiling). Writes bench/results/replay.json and prints it.
+
+    python -m bench.replay            # full run (~2-3 minutes on 2 cores)
+    python -m bench.replay --quick    # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import multiprocessing
+import os
+import platform
+import sys
+import tempfile
+import time
+import timeit
+from pathlib import Path
+
+import numpy as np
+import redis
+
+from buffer import (Group, ReplayClient, ReplayConfig, Trajectory, decode_group, encode_group, start_local_shards,
+                    stop_local_shards)
+
+RESULTS = Path(__file__).parent / "results" / "replay.json"
+TRAJECTORIES, PROMPT_TOKENS, COMPLETION_TOKENS = 8, 128, 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    inserts_per_client: int
+    sample_calls_per_client: int
+    batch: int  # groups per sample call and per raw pipeline / MGET
+    raw_rounds: int
+
+
+FULL = Sizes(inserts_per_client=300, sample_calls_per_client=60, batch=16, raw_rounds=40)
+QUICK = Sizes(inserts_per_client=40, sample_calls_per_client=8, batch=8, raw_rounds=5)
+
+
+def make_group(group_id: str, seed: int = 0) -> Group:
+    rng = np.random.default_rng(seed)
+    trajectories = [
+        Trajectory(prompt_ids=rng.integers(0, 32_000, PROMPT_TOKENS),
+                   completion_ids=rng.integers(0, 32_000, COMPLETION_TOKENS), loss_mask=np.ones(COMPLETION_TOKENS), behavior_logprobs=rng.normal(size=COMPLETION_TOKENS),
+                   policy_versions=np.zeros(COMPLETION_TOKENS), reward=float(i % 2))
+        for i in range(TRAJECTORIES)
+    ]
+    return Group(group_id, "task", "bench", time.time(), trajectories)
+
+
+def _config(namespace: str) -> ReplayConfig:
+    # capacity bounds the servers' memory; FIFO eviction is part of the measured insert path
+    return ReplayConfig(namespace=namespace, capacity_per_shard=2_000, password=None)
+
+
+def _worker(task: tuple) -> tuple[float, float, list[float]]:
+    """One client process: (start, end, per-call latencies in seconds)."""
+    phase, namespace, urls, worker, sizes = task
+    client = ReplayClient(_config(namespace), urls, seed=worker)
+    template = make_group("template", seed=worker)
+    latencies = []
+    start = time.time()
+    if phase == "insert":
+        for i in range(sizes.inserts_per_client):
+            group = dataclasses.replace(template, group_id=f"{worker}:{i}")
+            t0 = time.perf_counter()
+            client.insert(group)
+            latencies.append(time.perf_counter() - t0)
+    else:
+        for _ in range(sizes.sample_calls_per_client):
+            t0 = time.perf_counter()
+            client.sample(sizes.batch, learner_version=0)
+            latencies.append(time.perf_counter() - t0)
+    end = time.time()
+    client.close()
+    return start, end, latencies
+
+
+def _run_phase(pool, phase: str, namespace: str, urls: list[str], clients: int, sizes: Sizes) -> dict:
+    results = pool.map(_worker, [(phase, namespace, urls, w, sizes) for w in range(clients)])
+    elapsed = max(r[1] for r in results) - min(r[0] for r in results)
+    latencies = np.concatenate([r[2] for r in results])
+    per_call = sizes.batch if phase == "sample" else 1
+    groups_per_s = len(latencies) * per_call / elapsed
+    return {"groups_per_s": groups_per_s, "p50_ms": float(np.percentile(latencies, 50) * 1e3),
+            "p99_ms": float(np.percentile(latencies, 99) * 1e3)}
+
+
+def _raw_ceiling(url: str, payload: bytes, sizes: Sizes) -> tuple[float, float]:
+    """Pipelined SET and MGET of the same bytes, `batch` keys per round trip."""
+    conn = redis.Redis.from_url(url)
+    keys = [f"raw:{i}" for i in range(sizes.batch)]
+    start = time.perf_counter()
+    for _ in range(sizes.raw_rounds):
+        with conn.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.set(key, payload)
+            pipe.execute()
+    set_rate = sizes.raw_rounds * sizes.batch / (time.perf_counter() - start)
+    start = time.perf_counter()
+    for _ in range(sizes.raw_rounds):
+        values = conn.mget(keys)
+        assert len(values[-1]) == len(payload)
+    get_rate = sizes.raw_rounds * sizes.batch / (time.perf_counter() - start)
+    conn.delete(*keys)
+    conn.close()
+    return set_rate, get_rate
+
+
+def _decode_us(payload: bytes) -> float:
+    """Client-side cost of decode_group per group (best of 5), part of every sample() call."""
+    return min(timeit.repeat(lambda: decode_group(payload), number=50, repeat=5)) / 50 * 1e6
+
+
+def run(sizes: Sizes, shard_counts: list[int], client_counts: list[int]) -> dict:
+    payload = encode_group(make_group("template"))
+    megabytes = len(payload) / 1e6
+    table = []
+    with tempfile.TemporaryDirectory(prefix="tidal-bench-") as data_dir, \
+            multiprocessing.get_context("spawn").Pool(max(client_counts)) as pool:
+        shards = start_local_shards(max(shard_counts), data_dir)
+        try:
+            urls = [s.url for s in shards]
+            raw_set, raw_get = _raw_ceiling(urls[0], payload, sizes)
+            for num_shards in shard_counts:
+                for clients in client_counts:
+                    namespace = f"bench-{num_shards}-{clients}"
+                    row = {"shards": num_shards, "clients": clients}
+                    for phase in ("insert", "sample"):
+                        measured = _run_phase(pool, phase, namespace, urls[:num_shards], clients, sizes)
+                        row.update({f"{phase}_{k}": round(v, 3) for k, v in measured.items()})
+                        row[f"{phase}_mb_per_s"] = round(measured["groups_per_s"] * megabytes, 1)
+                    table.append(row)
+                    for url in urls[:num_shards]:
+                        with redis.Redis.from_url(url) as conn:
+                            conn.flushall()  # the benchmark's own servers: keep their memory bounded
+        finally:
+            stop_local_shards(shards)
+    single = next(r for r in table if r["shards"] == 1 and r["clients"] == 1)
+    return {
+        "group_bytes": len(payload), "group_shape": f"{TRAJECTORIES} x ({PROMPT_TOKENS} + {COMPLETION_TOKENS}) tokens",
+        "sample_batch": sizes.batch, "cpus": os.cpu_count(), "python": platform.python_version(),
+        "insert_groups_per_s": single["insert_groups_per_s"], "sample_groups_per_s": single["sample_groups_per_s"],
+        "raw_set_groups_per_s": round(raw_set, 1), "raw_get_groups_per_s": round(raw_get, 1),
+        "insert_ratio": round(single["insert_groups_per_s"] / raw_set, 3),
+        "sample_ratio": round(single["sample_groups_per_s"] / raw_get, 3),
+        "decode_us_per_group": round(_decode_us(payload), 1),
+        "scaling": table,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tidal bench replay", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke run: few operations, fewer configurations")
+    parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON results")
+    args = parser.parse_args(argv)
+    if args.quick:
+        results = run(QUICK, shard_counts=[1, 2], client_counts=[1, 2])
+    else:
+        results = run(FULL, shard_counts=[1, 2, 4], client_counts=[1, 2, 3, 4])
+    results["quick"] = args.quick
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

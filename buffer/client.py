@@ -1,0 +1,340 @@
+"""ReplayClient: insert, sample and re-prioritise groups across S Redis shards.
+
+Inserts go to the shard that the group id hashes to (the next live one if it is down).
+A sample of n groups is split across shards in proportion to their total priority mass
+(multinomially), and each shard draws its share exactly from its sum tree in one Lua call,
+so the whole service samples P(i) = p_i^alpha / sum_j p_j^alpha.
+Thread-safe within a process; pickles by address only (connections reopen lazily).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import threading
+import time
+from collections import OrderedDict
+
+import numpy as np
+import redis
+
+from buffer.codec import decode_group, encode_group
+from buffer.config import ReplayConfig
+from buffer.errors import CodecError, RateLimiterTimeout, ShardUnavailable
+from buffer.priority import annealed_beta, importance_weights, learning_signal
+from buffer.schema import Group, SampledGroup
+from buffer.shard_client import Draw, LimiterState, SampleReply, ShardConnection
+from buffer.stats import ClientCounters, ReplayStats, ShardStats
+from buffer.success_store import SuccessStore
+
+log = logging.getLogger(__name__)
+_QUARANTINE_TTL_S = 7 * 86_400
+_ROUTE_CACHE_SIZE = 100_000  # group id -> shard of recently sampled groups, for priority updates
+_MAX_BACKOFF_S = 0.05
+
+
+def stable_hash(key: str) -> int:
+    """Same value in every process (Python's hash() is salted per process)."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
+
+
+def shard_config_fields(config: ReplayConfig) -> dict[str, str]:
+    """What the Lua scripts read from the namespace's config hash on each shard."""
+    limiter = config.rate_limiter.params()
+    base = 1 << max(config.capacity_per_shard - 1, 0).bit_length()  # sum-tree leaves: next power of two
+    return {
+        "base": str(base), "capacity": str(config.capacity_per_shard), "selector": config.selector,
+        "alpha": repr(config.alpha), "remover": config.remover, "max_times_sampled": str(config.max_times_sampled),
+        "max_staleness": str(config.max_staleness), "spi": repr(limiter.samples_per_insert),
+        "min_size": str(limiter.min_size_to_sample), "min_diff": repr(limiter.min_diff),
+        "max_diff": repr(limiter.max_diff),
+    }
+
+
+class _Backoff:
+    """Sleeps of 1 ms doubling to 50 ms while a call waits on a rate limiter, up to a deadline."""
+
+    def __init__(self, timeout: float | None) -> None:
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.delay = 0.001
+
+    def expired(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def wait(self) -> None:
+        time.sleep(self.delay)
+        self.delay = min(self.delay * 2, _MAX_BACKOFF_S)
+
+
+@dataclasses.dataclass
+class _SamplePlan:
+    """The state of one sample call: who owes how many draws, and what came back."""
+
+    shares: dict[int, float]  # shard -> fraction of the total mass when the call began
+    sizes: dict[int, int]  # shard -> number of groups
+    pending: dict[int, int]  # shard -> draws still owed
+    drawn: list[tuple[int, Draw, Group]] = dataclasses.field(default_factory=list)
+    blocked: dict[int, str] = dataclasses.field(default_factory=dict)  # shard -> why it gave nothing
+    excluded: set[int] = dataclasses.field(default_factory=set)  # shards found empty or down
+
+
+class ReplayClient:
+    def __init__(self, config: ReplayConfig, shard_urls: list[str], *, seed: int | None = None) -> None:
+        if not shard_urls:
+            raise ValueError("shard_urls is empty: start shards first (buffer.start_local_shards)")
+        self.config = config
+        self.shard_urls = list(shard_urls)
+        self._seed = seed
+        password = config.password.get_secret_value() if config.password else None
+        fields = shard_config_fields(config)
+        self._shards = [ShardConnection(i, url, config.namespace, password, fields, config.retry_down_shard_s)
+                        for i, url in enumerate(self.shard_urls)]
+        self._rng = np.random.default_rng(seed)
+        self._lock = threading.Lock()  # guards the RNG, the counters and the route cache
+        self._counters = ClientCounters()
+        self._route_cache: OrderedDict[str, int] = OrderedDict()
+        self._success_store = (SuccessStore(config.success_store, config.namespace)
+                               if config.success_store.enabled else None)
+
+    def __getstate__(self) -> dict:
+        return {"config": self.config, "shard_urls": self.shard_urls, "seed": self._seed}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["config"], state["shard_urls"], seed=state["seed"])
+
+    # ---- routing -------------------------------------------------------------------------------
+
+    def _route(self, key: str) -> list[ShardConnection]:
+        """The key's home shard first, then the others in ring order; only those not known down."""
+        start = stable_hash(key) % len(self._shards)
+        ring = [self._shards[(start + k) % len(self._shards)] for k in range(len(self._shards))]
+        return [shard for shard in ring if shard.available()]
+
+    def _count(self, name: str, amount: int = 1) -> None:
+        with self._lock:
+            setattr(self._counters, name, getattr(self._counters, name) + amount)
+
+    def _uniforms(self, count: int) -> list[float]:
+        with self._lock:
+            return self._rng.random(count).tolist()
+
+    # ---- insert --------------------------------------------------------------------------------
+
+    def insert(self, group: Group, timeout: float | None = None) -> bool:
+        """Store a group; False if it was not stored (a duplicate id, a zero-signal group under the
+        prioritized selector, or already stale). Blocks while the shard's rate limiter says so."""
+        timeout = self.config.insert_timeout_s if timeout is None else timeout
+        group, injected = self._prepare(group)
+        payload = encode_group(group)
+        for position, shard in enumerate(self._route(group.group_id)):
+            try:
+                stored = self._insert_into(shard, group, payload, _Backoff(timeout), timeout)
+            except ShardUnavailable:
+                continue
+            if position > 0:
+                self._count("rerouted_inserts")
+            if stored:
+                self._remember_successes(group, injected)
+            return stored
+        raise ShardUnavailable(f"no shard could take group {group.group_id}: all {len(self._shards)} are down")
+
+    def _prepare(self, group: Group) -> tuple[Group, int | None]:
+        """Success injection (ARPO), then the initial priority."""
+        injected = None
+        if self._success_store is not None:
+            for shard in self._route(group.task_id)[:1]:  # a task's successes live on its home shard
+                try:
+                    group, injected = self._success_store.inject(group, shard.redis())
+                except (ShardUnavailable, redis.ConnectionError, redis.TimeoutError) as e:
+                    log.warning("success store on %s unavailable, group %s not patched: %s", shard.label,
+                                group.group_id, e)
+            if injected is not None:
+                self._count("success_injections")
+        if self.config.initial_priority == "learning_signal" or injected is not None:
+            group = dataclasses.replace(group, priority=learning_signal(group.rewards))
+        return group, injected
+
+    def _remember_successes(self, group: Group, injected: int | None) -> None:
+        if self._success_store is None:
+            return
+        for shard in self._route(group.task_id)[:1]:
+            try:
+                self._success_store.remember(group, shard.redis(), skip_index=injected)
+            except (ShardUnavailable, redis.ConnectionError, redis.TimeoutError) as e:
+                log.warning("success store on %s unavailable, successes of %s not kept: %s", shard.label,
+                            group.group_id, e)
+
+    def _insert_into(self, shard: ShardConnection, group: Group, payload: bytes, backoff: _Backoff,
+                     timeout: float | None) -> bool:
+        while True:
+            reply = shard.insert(group.group_id, payload, group.priority, group.max_policy_version,
+                                 self.config.dedup_ttl_s)
+            if reply.status != "blocked":
+                return reply.status == "ok"
+            if backoff.expired():
+                raise RateLimiterTimeout(f"insert of {group.group_id} into {shard.label} was blocked by the rate "
+                                         f"limiter for {timeout}s ({self._limiter_text(reply.limiter)})")
+            backoff.wait()
+
+    def _limiter_text(self, state: LimiterState | None) -> str:
+        return f"{self.config.rate_limiter!r}; state {state}"
+
+    # ---- sample --------------------------------------------------------------------------------
+
+    def sample(self, num_groups: int, *, learner_version: int, timeout: float | None = None) -> list[SampledGroup]:
+        """Draw `num_groups` groups (with replacement) in proportion to p^alpha across all shards.
+
+        Groups more than max_staleness versions behind `learner_version` are evicted first.
+        Blocks while a shard's rate limiter or an empty replay says so; raises RateLimiterTimeout.
+        """
+        if num_groups < 1:
+            raise ValueError(f"num_groups must be >= 1, got {num_groups}")
+        timeout = self.config.sample_timeout_s if timeout is None else timeout
+        backoff = _Backoff(timeout)
+        plan = self._plan(num_groups, learner_version)
+        while len(plan.drawn) < num_groups:
+            if self._sample_round(plan, learner_version):
+                continue
+            if backoff.expired():
+                states = "; ".join(f"{self._shards[i].label}: {why}" for i, why in sorted(plan.blocked.items()))
+                raise RateLimiterTimeout(f"sample of {num_groups} groups waited {timeout}s and got "
+                                         f"{len(plan.drawn)} ({self.config.rate_limiter!r}; "
+                                         f"{states or 'no shard has groups to sample'})")
+            backoff.wait()
+            if not any(plan.pending.values()):  # every shard was empty or down: look again
+                fresh = self._plan(num_groups - len(plan.drawn), learner_version)
+                plan = dataclasses.replace(fresh, drawn=plan.drawn, blocked=plan.blocked)
+        return self._to_sampled(plan, learner_version)
+
+    def _plan(self, count: int, learner_version: int) -> "_SamplePlan":
+        """Split `count` draws over the live shards in proportion to their mass (after stale eviction)."""
+        if len(self._shards) == 1:  # nothing to split: save the round trip (sample.lua evicts stale groups)
+            return _SamplePlan(shares={0: 1.0}, sizes={0: 0}, pending={0: count})
+        masses, sizes = {}, {}
+        for shard in self._shards:
+            if not shard.available():
+                continue
+            try:
+                sizes[shard.index], masses[shard.index] = shard.mass(learner_version)
+            except ShardUnavailable:
+                continue
+        total = sum(masses.values())
+        shares = {i: (m / total if total > 0 else 0.0) for i, m in masses.items()}
+        return _SamplePlan(shares=shares, sizes=sizes, pending=self._split(count, shares, excluded=set()))
+
+    def _split(self, count: int, shares: dict[int, float], excluded: set[int]) -> dict[int, int]:
+        live = [i for i, share in shares.items() if share > 0 and i not in excluded]
+        if not live:
+            return {}
+        weights = np.array([shares[i] for i in live])
+        with self._lock:
+            counts = self._rng.multinomial(count, weights / weights.sum())
+        return {i: int(c) for i, c in zip(live, counts)}
+
+    def _sample_round(self, plan: "_SamplePlan", learner_version: int) -> bool:
+        """One pass over the shards that still owe draws; True if anything changed."""
+        progressed = False
+        for index, count in list(plan.pending.items()):
+            if count == 0:
+                continue
+            shard = self._shards[index]
+            try:
+                reply = shard.sample(count, learner_version, self._uniforms(count))
+            except ShardUnavailable:
+                reply = SampleReply("down")
+            if reply.status == "ok":
+                plan.sizes[index] = reply.size
+                good = self._decode_draws(shard, reply)
+                plan.drawn.extend((index, draw, group) for draw, group in good)
+                plan.pending[index] -= len(good)
+                plan.blocked.pop(index, None)
+                progressed = True
+            elif reply.status == "blocked":
+                plan.blocked[index] = f"blocked by the rate limiter, {reply.limiter}"
+            else:  # down, or nothing left after stale eviction: its draws go to the other shards
+                plan.blocked[index] = reply.status
+                plan.excluded.add(index)
+                for other, extra in self._split(plan.pending.pop(index), plan.shares, plan.excluded).items():
+                    plan.pending[other] = plan.pending.get(other, 0) + extra
+                progressed = progressed or any(plan.pending.values())
+        return progressed
+
+    def _decode_draws(self, shard: ShardConnection, reply: SampleReply) -> list[tuple[Draw, Group]]:
+        groups: dict[str, Group] = {}
+        for group_id, payload in reply.payloads.items():
+            try:
+                groups[group_id] = decode_group(payload)
+            except CodecError as e:
+                log.warning("quarantined group %s from %s: %s", group_id, shard.label, e)
+                try:
+                    shard.quarantine(group_id, payload, _QUARANTINE_TTL_S)
+                except ShardUnavailable:
+                    pass  # the bad payload stays; the next draw of it will quarantine it
+        return [(draw, groups[draw.group_id]) for draw in reply.draws if draw.group_id in groups]
+
+    def _to_sampled(self, plan: "_SamplePlan", learner_version: int) -> list[SampledGroup]:
+        # P(i) = P(shard) * P(i | shard): the shard's share of the mass times leaf / shard mass.
+        drawn, sizes = plan.drawn, plan.sizes
+        probabilities = np.array([plan.shares[index] * draw.leaf / draw.mass for index, draw, _ in drawn])
+        beta = annealed_beta(self.config.beta, self.config.beta_final, self.config.beta_anneal_versions,
+                             learner_version)
+        weights = importance_weights(probabilities, max(sum(sizes.values()), 1), beta)
+        sampled = []
+        with self._lock:
+            for (index, draw, group), probability, weight in zip(drawn, probabilities, weights):
+                self._route_cache[draw.group_id] = index
+                self._route_cache.move_to_end(draw.group_id)
+                sampled.append(SampledGroup(dataclasses.replace(group, priority=draw.priority), float(probability),
+                                            float(weight), draw.times_sampled, index))
+            while len(self._route_cache) > _ROUTE_CACHE_SIZE:
+                self._route_cache.popitem(last=False)
+        return sampled
+
+    # ---- priorities, stats ---------------------------------------------------------------------
+
+    def update_priorities(self, priorities: dict[str, float]) -> int:
+        """Set new priorities (e.g. the learner's mean |advantage| per group); unknown ids are ignored.
+        Returns how many were applied."""
+        by_shard: dict[int, dict[str, float]] = {}
+        with self._lock:
+            for group_id, priority in priorities.items():
+                if not (np.isfinite(priority) and priority >= 0):
+                    raise ValueError(f"priority of {group_id} must be finite and >= 0, got {priority}")
+                index = self._route_cache.get(group_id, stable_hash(group_id) % len(self._shards))
+                by_shard.setdefault(index, {})[group_id] = priority
+        applied = 0
+        for index, batch in by_shard.items():
+            try:
+                applied += self._shards[index].update(batch)
+            except ShardUnavailable:
+                self._count("dropped_priority_updates", len(batch))
+        return applied
+
+    def stats(self, learner_version: int | None = None) -> ReplayStats:
+        """Per-shard statistics; the staleness histogram is relative to `learner_version` (default: the
+        latest version a sample call reported to that shard)."""
+        shards = []
+        for shard in self._shards:
+            address = shard.label.split("(", 1)[1].rstrip(")")
+            try:
+                counters, size, mass, version, histogram = shard.stats(-1 if learner_version is None
+                                                                      else learner_version)
+                shards.append(ShardStats.from_counters(shard.index, address, counters, size, mass, version,
+                                                       histogram))
+            except ShardUnavailable:
+                shards.append(ShardStats(shard.index, address, up=False))
+        with self._lock:
+            counters = dataclasses.replace(self._counters,
+                                           shard_down_events=sum(s.down_events for s in self._shards))
+        return ReplayStats(shards, counters)
+
+    def close(self) -> None:
+        for shard in self._shards:
+            shard.close()
+
+    def __enter__(self) -> "ReplayClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,190 @@
+"""Versioned binary format for a Group (never pickle: the replay is a shared network service).
+
+Layout of a payload:
+    fixed header  "<4sHII": MAGIC, SCHEMA_VERSION, length of the msgpack header, CRC32 of the rest
+    msgpack header: the scalar fields of the group and of each trajectory, the (prompt, completion)
+                  lengths of each trajectory and the array table (field, dtype)
+    array bytes:  raw little-endian arrays, field after field in ARRAY_FIELDS order, each field
+                  holding the trajectories one after the other
+
+Decoding checks magic, version, checksum, dtypes, lengths and the total size, and raises
+CodecError naming the problem, so that the learner can quarantine a bad payload and go on.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from itertools import accumulate
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from buffer.errors import CodecError, SchemaError
+from buffer.schema import Group, Trajectory
+
+MAGIC = b"TDLG"
+SCHEMA_VERSION = 1
+_FIXED = struct.Struct("<4sHII")
+
+# name -> little-endian dtype; prompt_ids has length P, the others the completion length C
+ARRAY_FIELDS: dict[str, np.dtype] = {
+    "prompt_ids": np.dtype("<i4"),
+    "completion_ids": np.dtype("<i4"),
+    "loss_mask": np.dtype("|u1"),
+    "behavior_logprobs": np.dtype("<f4"),
+    "policy_versions": np.dtype("<i4"),
+}
+_TRAJ_SCALARS: dict[str, type | tuple[type, ...]] = {
+    "reward": (float, int),
+    "reward_parts": dict,
+    "finish_reason": str,
+    "num_turns": int,
+    "env_name": str,
+    "task_id": str,
+    "timings": dict,
+}
+_GROUP_SCALARS: dict[str, type | tuple[type, ...]] = {
+    "group_id": str,
+    "task_id": str,
+    "category": str,
+    "created_at": (float, int),
+    "priority": (float, int),
+}
+
+
+def _trajectory_header(traj: Trajectory) -> dict[str, Any]:
+    header = {name: getattr(traj, name) for name in _TRAJ_SCALARS}
+    header["reward"] = float(traj.reward)
+    header["reward_parts"] = {str(k): float(v) for k, v in traj.reward_parts.items()}
+    header["timings"] = {str(k): float(v) for k, v in traj.timings.items()}
+    return header
+
+
+def encode_trajectories(header: dict[str, Any], trajectories: list[Trajectory]) -> bytes:
+    """Frame `header` (scalars) plus the trajectories' arrays into one payload.
+
+    Arrays are columnar: all prompt_ids, then all completion_ids, ... so that decoding costs
+    one frombuffer per field instead of one per field and trajectory.
+    """
+    lengths = [[len(t.prompt_ids), len(t.completion_ids)] for t in trajectories]
+    header = dict(header, trajectories=[_trajectory_header(t) for t in trajectories], lengths=lengths,
+                  arrays=[[name, dtype.str] for name, dtype in ARRAY_FIELDS.items()])
+    packed = msgpack.packb(header, use_bin_type=True)
+    chunks = [packed]
+    for name, dtype in ARRAY_FIELDS.items():
+        chunks.extend(getattr(t, name).astype(dtype, copy=False).tobytes() for t in trajectories)
+    body = b"".join(chunks)
+    return _FIXED.pack(MAGIC, SCHEMA_VERSION, len(packed), zlib.crc32(body)) + body
+
+
+def encode_group(group: Group) -> bytes:
+    header = {name: getattr(group, name) for name in _GROUP_SCALARS}
+    header["created_at"] = float(group.created_at)
+    header["priority"] = float(group.priority)
+    return encode_trajectories(header, group.trajectories)
+
+
+def encode_trajectory(traj: Trajectory) -> bytes:
+    """One trajectory as a payload (the success store keeps single rollouts)."""
+    return encode_trajectories({}, [traj])
+
+
+def _check_scalars(where: str, header: dict[str, Any], spec: dict[str, type | tuple[type, ...]]) -> None:
+    for name, kinds in spec.items():
+        if name not in header:
+            raise CodecError(f"{where}: field {name!r} is missing")
+        value = header[name]
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            raise CodecError(f"{where}: field {name!r} has type {type(value).__name__}")
+
+
+def _read_header(payload: bytes | bytearray | memoryview) -> tuple[dict[str, Any], int]:
+    if len(payload) < _FIXED.size:
+        raise CodecError(f"payload truncated: {len(payload)} bytes, shorter than the {_FIXED.size}-byte header")
+    magic, version, header_len, crc = _FIXED.unpack_from(payload, 0)
+    if magic != MAGIC:
+        raise CodecError(f"bad magic {bytes(magic)!r}, expected {MAGIC!r}: not a Tidal group payload")
+    if version != SCHEMA_VERSION:
+        raise CodecError(f"schema version {version} is not supported (this reader knows {SCHEMA_VERSION})")
+    body = memoryview(payload)[_FIXED.size :]
+    if len(body) < header_len:
+        raise CodecError(f"payload truncated: msgpack header needs {header_len} bytes, {len(body)} present")
+    if zlib.crc32(body) != crc:
+        raise CodecError("checksum mismatch: payload corrupted or truncated")
+    try:
+        header = msgpack.unpackb(bytes(body[:header_len]), raw=False, strict_map_key=True)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
+        raise CodecError(f"msgpack header unreadable: {e}") from e
+    if not isinstance(header, dict) or not isinstance(header.get("trajectories"), list):
+        raise CodecError("msgpack header is not a map with a 'trajectories' list")
+    return header, _FIXED.size + header_len
+
+
+def _read_lengths(header: dict[str, Any]) -> tuple[list[int], list[int]]:
+    lengths = header.get("lengths")
+    if not isinstance(lengths, list) or len(lengths) != len(header["trajectories"]):
+        raise CodecError("'lengths' must list (prompt, completion) lengths for every trajectory")
+    for index, pair in enumerate(lengths):
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(n, int) and n >= 0 for n in pair)):
+            raise CodecError(f"trajectory {index}: invalid lengths {pair!r}")
+    return [p for p, _ in lengths], [c for _, c in lengths]
+
+
+def _read_arrays(header: dict[str, Any], buffer: bytearray, offset: int) -> dict[str, list[np.ndarray]]:
+    """Field -> one array per trajectory, as views into `buffer`."""
+    table = header.get("arrays")
+    if not isinstance(table, list) or [row[0] if isinstance(row, list) else None for row in table] != list(ARRAY_FIELDS):
+        raise CodecError(f"array table must list {list(ARRAY_FIELDS)}")
+    prompt_bounds, completion_bounds = (list(accumulate(lengths, initial=0)) for lengths in _read_lengths(header))
+    arrays = {}
+    for (name, expected), row in zip(ARRAY_FIELDS.items(), table):
+        if len(row) != 2 or row[1] != expected.str:
+            raise CodecError(f"{name} has dtype {row[-1]!r}, expected {expected.str!r}")
+        bounds = prompt_bounds if name == "prompt_ids" else completion_bounds
+        nbytes = bounds[-1] * expected.itemsize
+        if offset + nbytes > len(buffer):
+            raise CodecError(f"payload truncated: {name} needs {nbytes} bytes at offset {offset}, "
+                             f"payload has {len(buffer)}")
+        column = np.frombuffer(buffer, dtype=expected, count=bounds[-1], offset=offset)
+        arrays[name] = [column[a:b] for a, b in zip(bounds, bounds[1:])]
+        offset += nbytes
+    if offset != len(buffer):
+        raise CodecError(f"payload has {len(buffer) - offset} trailing bytes after the arrays")
+    return arrays
+
+
+def decode_trajectories(payload: bytes | bytearray | memoryview) -> tuple[dict[str, Any], list[Trajectory]]:
+    """Inverse of encode_trajectories: the scalar header and the validated trajectories."""
+    header, offset = _read_header(payload)
+    buffer = bytearray(payload)  # one copy, so the decoded arrays are writable
+    arrays = _read_arrays(header, buffer, offset)
+    trajectories = []
+    for index, traj_header in enumerate(header["trajectories"]):
+        where = f"trajectory {index}"
+        if not isinstance(traj_header, dict):
+            raise CodecError(f"{where}: header is not a map")
+        _check_scalars(where, traj_header, _TRAJ_SCALARS)
+        try:
+            trajectories.append(Trajectory(**{name: column[index] for name, column in arrays.items()},
+                                           **{name: traj_header[name] for name in _TRAJ_SCALARS}))
+        except SchemaError as e:
+            raise CodecError(f"{where}: {e}") from e
+    return header, trajectories
+
+
+def decode_group(payload: bytes | bytearray | memoryview) -> Group:
+    header, trajectories = decode_trajectories(payload)
+    _check_scalars("group", header, _GROUP_SCALARS)
+    try:
+        return Group(trajectories=trajectories, **{name: header[name] for name in _GROUP_SCALARS})
+    except SchemaError as e:
+        raise CodecError(f"group: {e}") from e
+
+
+def decode_trajectory(payload: bytes | bytearray | memoryview) -> Trajectory:
+    _, trajectories = decode_trajectories(payload)
+    if len(trajectories) != 1:
+        raise CodecError(f"expected one trajectory, payload holds {len(trajectories)}")
+    return trajectories[0]

@@ -1,0 +1,104 @@
+-- Shared helpers, prepended to every replay script (buffer/scripts.py).
+-- Keys of one run live under the namespace ARGV[1]; every script takes it first.
+-- Floats go through fmt(): Redis would format a Lua number with 14 digits only.
+local ns = ARGV[1]
+local K_STATS = ns .. ':stats'    -- counters (inserts, samples, deletes, evictions, ...)
+local K_CONFIG = ns .. ':config'  -- tree base, capacity, selector, alpha, policies
+local K_TREE = ns .. ':tree'      -- sum tree: heap index -> sum of leaf values below
+local K_SLOTS = ns .. ':slots'    -- leaf slot -> group id
+local K_FREE = ns .. ':free'      -- released leaf slots
+local K_FIFO = ns .. ':fifo'      -- group id by insertion sequence
+local K_BYPRIO = ns .. ':byprio'  -- group id by priority (lowest_priority remover)
+local K_BYVER = ns .. ':byver'    -- group id by newest policy version (staleness)
+local K_QUARANTINE = ns .. ':quarantine'
+
+local function k_meta(gid) return ns .. ':m:' .. gid end
+local function k_payload(gid) return ns .. ':p:' .. gid end
+local function k_seen(gid) return ns .. ':seen:' .. gid end
+local function fmt(x) return string.format('%.17g', x) end
+
+local cfg = nil
+local function load_config()
+  local v = redis.call('HMGET', K_CONFIG, 'base', 'capacity', 'selector', 'alpha', 'remover',
+    'max_times_sampled', 'max_staleness', 'spi', 'min_size', 'min_diff', 'max_diff')
+  if not v[1] then
+    return redis.error_reply('namespace ' .. ns .. ' is not initialised on this shard')
+  end
+  cfg = {
+    base = tonumber(v[1]), capacity = tonumber(v[2]), selector = v[3], alpha = tonumber(v[4]),
+    order_key = (v[5] == 'lowest_priority') and K_BYPRIO or K_FIFO,
+    max_times = tonumber(v[6]), max_staleness = tonumber(v[7]), spi = tonumber(v[8]),
+    min_size = tonumber(v[9]), min_diff = tonumber(v[10]), max_diff = tonumber(v[11]),
+  }
+  return nil
+end
+
+local function leaf_value(p)
+  if cfg.selector ~= 'prioritized' then return 1 end
+  if p <= 0 then return 0 end  -- zero learning signal: never drawn, whatever alpha is
+  return p ^ cfg.alpha
+end
+
+local function tree_total()
+  return tonumber(redis.call('HGET', K_TREE, 1)) or 0
+end
+
+-- Set a leaf and recompute its ancestors from their children (no drift from deltas).
+local function tree_set_leaf(slot, value)
+  local node = cfg.base + slot
+  redis.call('HSET', K_TREE, node, fmt(value))
+  while node > 1 do
+    node = math.floor(node / 2)
+    local kids = redis.call('HMGET', K_TREE, 2 * node, 2 * node + 1)
+    redis.call('HSET', K_TREE, node, fmt((tonumber(kids[1]) or 0) + (tonumber(kids[2]) or 0)))
+  end
+end
+
+-- Leaf slot whose cumulative range holds u in [0, total): O(log capacity) HMGETs.
+local function tree_find(u)
+  local node = 1
+  while node < cfg.base do
+    local kids = redis.call('HMGET', K_TREE, 2 * node, 2 * node + 1)
+    local left, right = tonumber(kids[1]) or 0, tonumber(kids[2]) or 0
+    if (u < left and left > 0) or right <= 0 then
+      node = 2 * node
+    else
+      u = u - left
+      node = 2 * node + 1
+    end
+  end
+  return node - cfg.base
+end
+
+local function remove_item(gid, reason)
+  local meta = k_meta(gid)
+  local slot = redis.call('HGET', meta, 'slot')
+  if not slot then return false end
+  tree_set_leaf(tonumber(slot), 0)
+  redis.call('HDEL', K_SLOTS, slot)
+  redis.call('RPUSH', K_FREE, slot)
+  redis.call('DEL', meta, k_payload(gid))
+  redis.call('ZREM', K_FIFO, gid)
+  redis.call('ZREM', K_BYPRIO, gid)
+  redis.call('ZREM', K_BYVER, gid)
+  redis.call('HINCRBY', K_STATS, 'deletes', 1)
+  redis.call('HINCRBY', K_STATS, 'evicted_' .. reason, 1)
+  return true
+end
+
+-- Groups whose newest token is more than max_staleness versions behind the learner.
+local function evict_stale(learner_version)
+  local cutoff = learner_version - cfg.max_staleness
+  local victims = redis.call('ZRANGEBYSCORE', K_BYVER, '-inf', '(' .. cutoff)
+  for _, gid in ipairs(victims) do remove_item(gid, 'stale') end
+  return #victims
+end
+
+local function limiter_state()
+  local c = redis.call('HMGET', K_STATS, 'inserts', 'samples')
+  return {inserts = tonumber(c[1]) or 0, samples = tonumber(c[2]) or 0, size = redis.call('ZCARD', K_FIFO)}
+end
+
+local function limiter_reply(status, st)
+  return {status, st.inserts, st.samples, st.size}
+end

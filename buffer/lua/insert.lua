@@ -1,0 +1,40 @@
+-- ARGV: ns, group id, payload, priority, newest policy version, dedup ttl (s).
+-- Returns {status, ...}: ok (evicted count) | dup | skip (zero signal) | stale | blocked (limiter state).
+local err = load_config()
+if err then return err end
+local gid, payload, priority, version = ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+
+if redis.call('EXISTS', k_seen(gid)) == 1 then return {'dup'} end
+if cfg.selector == 'prioritized' and priority <= 0 then
+  redis.call('HINCRBY', K_STATS, 'zero_signal_skips', 1)
+  return {'skip'}
+end
+local learner_version = tonumber(redis.call('HGET', K_STATS, 'learner_version'))
+if learner_version and version < learner_version - cfg.max_staleness then
+  redis.call('HINCRBY', K_STATS, 'evicted_stale', 1)
+  return {'stale'}
+end
+local st = limiter_state()
+if not (st.size + 1 <= cfg.min_size or (st.inserts + 1) * cfg.spi - st.samples <= cfg.max_diff) then
+  return limiter_reply('blocked', st)
+end
+
+local evicted = 0
+while redis.call('ZCARD', K_FIFO) >= cfg.capacity do
+  remove_item(redis.call('ZRANGE', cfg.order_key, 0, 0)[1], 'capacity')
+  evicted = evicted + 1
+end
+local slot = redis.call('LPOP', K_FREE)
+if not slot then slot = redis.call('HINCRBY', K_STATS, 'next_slot', 1) - 1 end
+local seq = redis.call('HINCRBY', K_STATS, 'seq', 1)
+
+redis.call('SET', k_payload(gid), payload)
+redis.call('HSET', k_meta(gid), 'p', fmt(priority), 'slot', slot, 't', 0, 'v', version, 'seq', seq)
+redis.call('HSET', K_SLOTS, slot, gid)
+redis.call('ZADD', K_FIFO, seq, gid)
+redis.call('ZADD', K_BYPRIO, fmt(priority), gid)
+redis.call('ZADD', K_BYVER, version, gid)
+tree_set_leaf(tonumber(slot), leaf_value(priority))
+redis.call('SET', k_seen(gid), 1, 'EX', ARGV[6])
+redis.call('HINCRBY', K_STATS, 'inserts', 1)
+return {'ok', evicted}

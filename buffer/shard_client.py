@@ -1,0 +1,197 @@
+"""One shard as the client sees it: a lazy connection, the Lua scripts, and down/up tracking."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urlparse
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from buffer.errors import ConfigMismatchError, InsecureShardError, ShardUnavailable
+from buffer.scripts import SCRIPT_NAMES, script_source
+
+log = logging.getLogger(__name__)
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+STRUCTURAL_FIELDS = ("base", "capacity", "selector", "alpha")
+_NOT_INITIALISED = "is not initialised"
+
+
+@dataclass(frozen=True)
+class LimiterState:
+    inserts: int
+    samples: int
+    size: int
+
+    def __str__(self) -> str:
+        return f"inserts={self.inserts} samples={self.samples} size={self.size}"
+
+
+@dataclass(frozen=True)
+class InsertReply:
+    status: str  # ok | dup | skip | stale | blocked
+    evicted: int = 0
+    limiter: LimiterState | None = None
+
+
+@dataclass(frozen=True)
+class Draw:
+    group_id: str
+    leaf: float  # p^alpha of the group when drawn
+    mass: float  # the shard's total leaf mass when drawn
+    times_sampled: int
+    priority: float
+
+
+@dataclass
+class SampleReply:
+    status: str  # ok | empty | blocked
+    draws: list[Draw] = field(default_factory=list)
+    payloads: dict[str, bytes] = field(default_factory=dict)
+    limiter: LimiterState | None = None
+    size: int = 0  # after the draws
+    mass: float = 0.0
+
+
+def check_address(url: str, password: str | None) -> None:
+    """The service refuses to talk to a Redis off this machine without a password."""
+    parsed = urlparse(url)
+    if parsed.scheme == "unix":
+        return
+    if parsed.hostname not in LOOPBACK_HOSTS and not (password or parsed.password):
+        raise InsecureShardError(f"shard {parsed.hostname}:{parsed.port} is not on loopback and has no password; "
+                                 "set ReplayConfig.password or TIDAL_REDIS_PASSWORD")
+
+
+class ShardConnection:
+    def __init__(self, index: int, url: str, namespace: str, password: str | None,
+                 config_fields: dict[str, str], retry_down_s: float) -> None:
+        check_address(url, password)
+        self.index, self.url, self.namespace = index, url, namespace
+        self._password = password
+        self._config_fields = config_fields
+        self._retry_down_s = retry_down_s
+        self._lock = threading.Lock()
+        self._redis: redis.Redis | None = None
+        self._scripts: dict[str, redis.commands.core.Script] = {}
+        self._down_until = 0.0
+        self.is_down = False
+        self.down_events = 0
+
+    @property
+    def label(self) -> str:
+        parsed = urlparse(self.url)
+        return f"shard {self.index} ({parsed.hostname}:{parsed.port})"  # never the password
+
+    def _connection(self) -> redis.Redis:
+        with self._lock:
+            if self._redis is None:
+                # No client-side retries: a dead shard must fail fast so the others take over,
+                # and a retried sample script would count its draws twice.
+                conn = redis.Redis.from_url(self.url, password=self._password, retry=Retry(NoBackoff(), 0),
+                                            socket_timeout=10.0, socket_connect_timeout=2.0)
+                self._scripts = {name: conn.register_script(script_source(name)) for name in SCRIPT_NAMES}
+                self._initialise()
+                self._redis = conn  # only once initialised: a failed first contact retries the whole setup
+            return self._redis
+
+    def _initialise(self) -> None:
+        flat = [self.namespace]
+        for name, value in self._config_fields.items():
+            flat += [name, value]
+        stored = [v.decode() for v in self._scripts["init"](args=flat)]
+        ours = [self._config_fields[name] for name in STRUCTURAL_FIELDS]
+        for name, theirs, mine in zip(STRUCTURAL_FIELDS, stored, ours):
+            if theirs != mine:
+                raise ConfigMismatchError(f"namespace {self.namespace!r} on {self.label} was created with "
+                                          f"{name}={theirs}, this client has {name}={mine}; use another namespace")
+
+    def available(self) -> bool:
+        return not self.is_down or time.monotonic() >= self._down_until
+
+    def call(self, script: str, args: list) -> object:
+        if not self.available():
+            raise ShardUnavailable(f"{self.label} is down")
+        try:
+            self._connection()
+            try:
+                result = self._scripts[script](args=[self.namespace, *args])
+            except redis.ResponseError as e:
+                if _NOT_INITIALISED not in str(e):
+                    raise
+                self._initialise()  # a shard restarted without its data
+                result = self._scripts[script](args=[self.namespace, *args])
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            self._mark_down(e)
+            raise ShardUnavailable(f"{self.label} is down: {e}") from e
+        self._mark_up()
+        return result
+
+    def _mark_down(self, error: Exception) -> None:
+        with self._lock:
+            self._down_until = time.monotonic() + self._retry_down_s
+            if not self.is_down:
+                self.is_down = True
+                self.down_events += 1
+                log.warning("%s is down (%s): inserts and samples go to the other shards", self.label, error)
+
+    def _mark_up(self) -> None:
+        if self.is_down:
+            with self._lock:
+                if self.is_down:
+                    self.is_down = False
+                    log.warning("%s is back: reconnected", self.label)
+
+    def insert(self, group_id: str, payload: bytes, priority: float, newest_version: int,
+               dedup_ttl_s: int) -> InsertReply:
+        reply = self.call("insert", [group_id, payload, repr(float(priority)), newest_version, dedup_ttl_s])
+        status = reply[0].decode()
+        if status == "ok":
+            return InsertReply(status, evicted=int(reply[1]))
+        if status == "blocked":
+            return InsertReply(status, limiter=LimiterState(*map(int, reply[1:4])))
+        return InsertReply(status)
+
+    def sample(self, count: int, learner_version: int, uniforms: list[float]) -> SampleReply:
+        reply = self.call("sample", [count, learner_version, *map(repr, uniforms)])
+        status = reply[0].decode()
+        if status != "ok":
+            return SampleReply(status, limiter=LimiterState(*map(int, reply[1:4])))
+        flat_draws, flat_payloads = reply[3], reply[4]
+        draws = [Draw(flat_draws[i].decode(), float(flat_draws[i + 1]), float(flat_draws[i + 2]),
+                      int(flat_draws[i + 3]), float(flat_draws[i + 4])) for i in range(0, len(flat_draws), 5)]
+        payloads = {flat_payloads[i].decode(): flat_payloads[i + 1] for i in range(0, len(flat_payloads), 2)}
+        return SampleReply(status, draws, payloads, size=int(reply[1]), mass=float(reply[2]))
+
+    def mass(self, learner_version: int) -> tuple[int, float]:
+        """(size, total leaf mass) after evicting stale groups."""
+        size, mass = self.call("mass", [learner_version])
+        return int(size), float(mass)
+
+    def update(self, priorities: dict[str, float]) -> int:
+        flat: list = []
+        for group_id, priority in priorities.items():
+            flat += [group_id, repr(float(priority))]
+        return int(self.call("update", flat))
+
+    def quarantine(self, group_id: str, payload: bytes, ttl_s: int) -> None:
+        self.call("quarantine", [group_id, payload, ttl_s])
+
+    def stats(self, learner_version: int) -> tuple[dict[str, int], int, float, int, list[int]]:
+        counters, size, mass, version, histogram = self.call("stats", [learner_version])
+        named = {counters[i].decode(): int(counters[i + 1]) for i in range(0, len(counters), 2)}
+        return named, int(size), float(mass), int(version), [int(h) for h in histogram]
+
+    def redis(self) -> redis.Redis:
+        """The raw connection (success store, benchmarks)."""
+        return self._connection()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._redis is not None:
+                self._redis.close()
+                self._redis = None

@@ -1,0 +1,60 @@
+"""`tidal`: the command line of a run's whole life: train, submit, status, scale, replay, bench."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import runpy
+import sys
+from pathlib import Path
+
+from cluster.config import ConfigError, load_config
+
+BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
+
+
+def _train(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)  # fails before any service starts
+    from cluster.driver import train
+
+    train(cfg)
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    script = BENCH_DIR / f"{args.name}.py"
+    if not script.is_file():
+        raise ConfigError(f"no benchmark {args.name!r} in {BENCH_DIR}")
+    return int(runpy.run_path(str(script))["main"](args.rest) or 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tidal", description="Asynchronous RL for language models.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="run a training job (no config: the built-in demo)")
+    train.add_argument("config", nargs="?", type=Path, help="YAML run config")
+    train.set_defaults(func=_train)
+
+    bench = commands.add_parser("bench", help="run a benchmark from bench/ (replay, staleness)")
+    bench.add_argument("name", choices=["replay", "staleness"])
+    bench.add_argument("rest", nargs=argparse.REMAINDER, help="arguments passed to the benchmark")
+    bench.set_defaults(func=_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"tidal: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tidal: interrupted; every actor and Redis process this run started was stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""The run configuration: YAML validated into typed models, one sub-config per component.
+
+A bad key, type or path fails here, before any service starts, with the dotted key in the message.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from actors.config import EnvConfig, RolloutConfig
+from buffer import ReplayConfig
+from cluster.demo_model import DemoModelSettings
+from learner.config import LearnerConfig
+from learner.loss_config import PolicyLossConfig
+
+
+class ConfigError(ValueError):
+    """The run configuration is invalid; the message names the offending key or path."""
+
+
+class ModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: Path | None = None
+    """A local Hugging Face folder (config, safetensors, tokenizer); None builds the demo model."""
+    demo: DemoModelSettings = DemoModelSettings()
+    """Used only when path is None: the built-in tiny model and its noisy supervised warm start."""
+
+    @field_validator("path")
+    @classmethod
+    def _exists(cls, path: Path | None) -> Path | None:
+        if path is not None and not (path / "config.json").is_file():
+            raise ValueError(f"model path {path} does not exist or has no config.json")
+        return path
+
+
+class EvalConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    every: int = Field(10, ge=0)
+    """Evaluate every this many learner steps (and before the first and after the last); 0 disables."""
+
+
+class RayConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    address: str | None = None
+    """None starts a local Ray instance; otherwise the address of an existing cluster."""
+    include_dashboard: bool = True
+    num_cpus: int | None = 8
+    """Logical CPUs of a local instance: more than the cores, since actors mostly wait on each other."""
+
+
+class RunConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = "demo"
+    mode: Literal["async", "sync"] = "async"
+    """async: workers generate while the learner trains (bounded staleness); sync: generate, train, publish, repeat."""
+    steps: int = Field(60, ge=1)
+    """Learner steps (optimizer updates) in the run."""
+    seed: int = 0
+    run_root: Path = Path("runs")
+    model: ModelConfig = ModelConfig()
+    env: EnvConfig = EnvConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    replay: ReplayConfig = ReplayConfig()
+    learner: LearnerConfig = LearnerConfig()
+    loss: PolicyLossConfig = PolicyLossConfig()
+    eval: EvalConfig = EvalConfig()
+    ray: RayConfig = RayConfig()
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "<root>"
+        lines.append(f"  {key}: {item['msg']}")
+    return "invalid run config:\n" + "\n".join(lines)
+
+
+def load_config(path: Path | None, overrides: dict | None = None) -> RunConfig:
+    """Read YAML (or use the defaults when path is None) and validate it."""
+    data: dict = {}
+    if path is not None:
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    data = _deep_merge(data, overrides or {})
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_describe(e)) from e
+
+
+def _deep_merge(base: dict, extra: dict) -> dict:
+    merged = dict(base)
+    for key, value in extra.items():
+        merged[key] = _deep_merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return merged

@@ -1,0 +1,175 @@
+"""The built-in demo model: a character-level tokenizer and a tiny Llama, warm-started on
+noisy addition so that RL starts from partial competence.
+
+The SFT labels are wrong (correct +- 1..noise_max_offset) with probability label_noise,
+so the model learns a spread answer distribution whose mode is right: greedy decoding is
+mostly correct while temperature-1 samples are right far less often, and RL has room to
+sharpen it. Built once per settings hash into a cache OUTSIDE the repo.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from envs.base import Task
+from envs.tasks import ArithmeticTaskConfig, ArithmeticTasks
+from learner.sft import SFTExample, sft_warm_start
+
+BUILD_FORMAT = 1  # bump when the build recipe changes in a way the settings do not capture
+SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")  # ids 0..3; pad != eos so padding is never a stop
+CHARACTERS = "0123456789+-= "
+DEFAULT_CACHE = Path.home() / ".cache" / "tidal" / "demo_model"
+
+
+class DemoModelSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    hidden_size: int = Field(128, ge=8)
+    num_layers: int = Field(4, ge=1)
+    num_heads: int = Field(4, ge=1)
+    intermediate_size: int = Field(256, ge=8)
+    max_position_embeddings: int = Field(64, ge=16)
+    """Prompts are <= 8 tokens and answers <= 5: 64 leaves room for multi-turn chains."""
+    max_operand: int = Field(49, ge=1, le=999)
+    """Operand range of the SFT data; must match the arithmetic task source of the run."""
+    label_noise: float = Field(0.5, ge=0.0, lt=1.0)
+    """Probability that an SFT label is replaced by a nearby wrong answer."""
+    noise_max_offset: int = Field(3, ge=1)
+    """Wrong labels are correct +- 1..noise_max_offset."""
+    noisy_copies: int = Field(8, ge=1)
+    """Each training problem appears this many times, each copy with its own label draw."""
+    sft_steps: int = Field(600, ge=1)
+    sft_lr: float = Field(3e-3, gt=0.0)
+    sft_batch_size: int = Field(128, ge=1)
+    seed: int = 0
+
+    def cache_key(self) -> str:
+        payload = json.dumps({"format": BUILD_FORMAT, **self.model_dump()}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def build_char_tokenizer() -> PreTrainedTokenizerFast:
+    """One token per character; BOS is prepended to every encoded text, EOS ends answers."""
+    vocab = {token: i for i, token in enumerate([*SPECIAL_TOKENS, *CHARACTERS])}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tokenizer.decoder = decoders.Fuse()  # join characters back without separators
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", vocab["<bos>"])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+    )
+
+
+def _llama_config(settings: DemoModelSettings, tokenizer: PreTrainedTokenizerFast) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=settings.hidden_size,
+        num_hidden_layers=settings.num_layers,
+        num_attention_heads=settings.num_heads,
+        num_key_value_heads=settings.num_heads,
+        intermediate_size=settings.intermediate_size,
+        max_position_embeddings=settings.max_position_embeddings,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        torch_dtype="float32",
+    )
+
+
+def noisy_sft_examples(tasks: Sequence[Task], settings: DemoModelSettings, rng: np.random.Generator) -> list[SFTExample]:
+    examples = []
+    for task in tasks:
+        correct = int(task.answer)
+        for _ in range(settings.noisy_copies):
+            answer = correct
+            if rng.random() < settings.label_noise:
+                offset = int(rng.integers(1, settings.noise_max_offset + 1))
+                answer = correct - offset if rng.random() < 0.5 and correct >= offset else correct + offset
+            examples.append(SFTExample(prompt=task.prompt, completion=str(answer)))
+    return examples
+
+
+def _build_into(folder: Path, settings: DemoModelSettings) -> dict[str, float]:
+    tokenizer = build_char_tokenizer()
+    torch.manual_seed(settings.seed)
+    model = LlamaForCausalLM(_llama_config(settings, tokenizer))
+    tasks = ArithmeticTasks(ArithmeticTaskConfig(max_operand=settings.max_operand)).train_tasks()
+    examples = noisy_sft_examples(tasks, settings, np.random.default_rng(settings.seed))
+    metrics = sft_warm_start(
+        model, tokenizer, examples, settings.sft_steps, settings.sft_lr, settings.sft_batch_size, settings.seed
+    )
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    info = {"settings": settings.model_dump(), "sft": metrics, "build_format": BUILD_FORMAT}
+    (folder / "tidal_demo.json").write_text(json.dumps(info, indent=2))
+    return metrics
+
+
+def build_demo_model(
+    cache_dir: Path | str | None = None, seed: int = 0, settings: DemoModelSettings | None = None
+) -> Path:
+    """Return the folder of the demo model (a LlamaForCausalLM with its tokenizer), building
+    it on first use. The folder name is a hash of the settings; an existing folder is reused."""
+    settings = (settings or DemoModelSettings()).model_copy(update={"seed": seed})
+    cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else DEFAULT_CACHE
+    target = cache_dir / f"demo-{settings.cache_key()}"
+    if target.is_dir():
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".building-", dir=cache_dir))
+    try:
+        _build_into(staging, settings)
+        os.rename(staging, target)  # atomic: a folder under the final name is always complete
+    except OSError:
+        if not target.is_dir():  # not a lost race with a concurrent builder: a real failure
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+@torch.no_grad()
+def answer_accuracy(
+    model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, tasks: Sequence[Task], greedy: bool, seed: int = 0
+) -> float:
+    """Fraction of `tasks` answered exactly: one greedy decode or one temperature-1 sample each."""
+    torch.manual_seed(seed)
+    batch = tokenizer([t.prompt for t in tasks], return_tensors="pt", padding=True, padding_side="left")
+    sampling = {} if greedy else {"temperature": 1.0, "top_k": 0, "top_p": 1.0}
+    output = model.generate(**batch, do_sample=not greedy, max_new_tokens=5, **sampling)
+    texts = tokenizer.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+    return float(np.mean([text.strip() == task.answer for text, task in zip(texts, tasks)]))
+
+
+def main() -> None:
+    """Build (or reuse) the demo model and print its held-out accuracy after the warm start."""
+    path = build_demo_model()
+    model = LlamaForCausalLM.from_pretrained(path)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
+    settings = DemoModelSettings(**json.loads((path / "tidal_demo.json").read_text())["settings"])
+    held_out = ArithmeticTasks(ArithmeticTaskConfig(max_operand=settings.max_operand)).eval_tasks()
+    greedy = answer_accuracy(model, tokenizer, held_out, greedy=True)
+    sampled = answer_accuracy(model, tokenizer, held_out, greedy=False)
+    print(json.dumps({"path": str(path), "held_out_greedy_acc": greedy, "held_out_sampled_acc": sampled}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""The driver: wires one run (model, Redis shards, Ray, weight channel, learner, rollout workers),
+runs the loop and tears everything down, whatever happens.
+
+Top to bottom: set up, evaluate the starting policy, train (async or sync), evaluate, save.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import ray
+import yaml
+
+from actors.rollout_worker import RemoteRolloutWorker
+from buffer import start_local_shards, stop_local_shards
+from cluster.config import RunConfig
+from cluster.demo_model import build_demo_model
+from cluster.metrics import MetricsWriter, plot_rewards
+from cluster.progress import Progress
+from cluster.weight_channel import WeightChannel
+from learner.learner_actor import RemoteLearner
+
+log = logging.getLogger(__name__)
+
+ACTOR_ENV = {  # quiet, single-threaded actors: the cores are shared by every process of the run
+    "VLLM_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+}
+
+
+@dataclass
+class Cluster:
+    """The live parts of a run, for the loop."""
+
+    channel: object
+    learners: list
+    workers: list
+    shard_urls: list[str]
+    worker_loops: list = field(default_factory=list)
+
+
+def make_run_dir(cfg: RunConfig) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = cfg.run_root / f"{stamp}-{cfg.name}"
+    run_dir.mkdir(parents=True)
+    latest = cfg.run_root / "latest"
+    latest.unlink(missing_ok=True)
+    latest.symlink_to(run_dir.name)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    return run_dir
+
+
+def resolve_model(cfg: RunConfig, progress: Progress) -> str:
+    if cfg.model.path is not None:
+        return str(cfg.model.path)
+    progress.note("building the demo model (cached after the first run)...")
+    started = time.time()
+    path = build_demo_model(seed=cfg.seed, settings=cfg.model.demo)
+    progress.note(f"demo model ready in {time.time() - started:.0f}s: {path}")
+    return str(path)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_cluster(cfg: RunConfig, model_path: str, run_dir: Path, stack: ExitStack, progress: Progress) -> Cluster:
+    replay_cfg = cfg.replay.model_copy(update={"namespace": run_dir.name})
+    shard_urls = list(cfg.replay.shard_urls)
+    if not shard_urls:
+        shards = start_local_shards(cfg.replay.num_shards, run_dir / "replay", cfg.replay.fsync,
+                                    cfg.replay.password.get_secret_value() if cfg.replay.password else None)
+        stack.callback(stop_local_shards, shards)
+        shard_urls = [s.url for s in shards]
+    progress.note(f"replay: {len(shard_urls)} Redis shards {shard_urls}")
+
+    context = ray.init(address=cfg.ray.address, num_cpus=cfg.ray.num_cpus if cfg.ray.address is None else None,
+                       include_dashboard=cfg.ray.include_dashboard, runtime_env={"env_vars": ACTOR_ENV},
+                       logging_level=logging.WARNING)
+    stack.callback(ray.shutdown)
+    if context.dashboard_url:
+        progress.note(f"Ray dashboard: http://{context.dashboard_url}")
+
+    channel = WeightChannel.remote(cfg.learner.groups_per_step, cfg.rollout.max_staleness)
+    port = _free_port()
+    learners = [
+        RemoteLearner.options(num_cpus=1, name=f"learner-{rank}").remote(
+            rank, cfg.learner.num_ranks, "127.0.0.1", port, model_path, cfg.learner, cfg.loss, replay_cfg,
+            shard_urls, channel, cfg.steps)
+        for rank in range(cfg.learner.num_ranks)
+    ]
+    workers = [
+        RemoteRolloutWorker.options(num_cpus=cfg.rollout.cpus_per_worker, max_concurrency=4).remote(
+            i, model_path, cfg.rollout, cfg.env, replay_cfg, shard_urls, channel, cfg.seed + 1000 * (i + 1))
+        for i in range(cfg.rollout.num_workers)
+    ]
+    progress.note(f"starting {len(learners)} learner rank(s) and {len(workers)} rollout workers (vLLM warm-up)...")
+    ray.get([w.stats.remote() for w in workers] + [l.groups_for_this_rank.remote() for l in learners])
+    return Cluster(channel=channel, learners=learners, workers=workers, shard_urls=shard_urls)
+
+
+def evaluate(cluster: Cluster) -> dict:
+    """Held-out accuracy of the latest published policy: sampled (T=1, pass@1) and greedy."""
+    evaluator = cluster.workers[0]
+    sampled, greedy = ray.get([evaluator.evaluate.remote(1.0), evaluator.evaluate.remote(0.0)])
+    return {"eval_accuracy": sampled["accuracy"], "eval_accuracy_greedy": greedy["accuracy"],
+            "eval_policy_version": sampled["policy_version"]}
+
+
+def learner_step(cluster: Cluster) -> dict:
+    per_rank = ray.get([l.train_step.remote() for l in cluster.learners])
+    return {key: sum(m[key] for m in per_rank) / len(per_rank) for key in per_rank[0]
+            if isinstance(per_rank[0][key], (int, float))}
+
+
+def produce_on_policy(cluster: Cluster, num_groups: int) -> None:
+    """Sync mode: every worker loads the newest weights, then the workers make one batch together."""
+    ray.get([w.sync_weights.remote() for w in cluster.workers])
+    shares = [num_groups // len(cluster.workers) + (i < num_groups % len(cluster.workers))
+              for i in range(len(cluster.workers))]
+    ray.get([w.produce.remote(n) for w, n in zip(cluster.workers, shares) if n])
+
+
+class RolloutMeter:
+    """Rollout throughput from the workers' counters, between two calls."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.last = self._totals(), time.time()
+
+    def _totals(self) -> tuple[float, float]:
+        stats = ray.get([w.stats.remote() for w in self.cluster.workers])
+        return sum(s["groups"] for s in stats), sum(s["generated_tokens"] for s in stats)
+
+    def rates(self) -> dict:
+        (groups, tokens), now = self._totals(), time.time()
+        (last_groups, last_tokens), last_time = self.last
+        self.last = (groups, tokens), now
+        elapsed = max(now - last_time, 1e-9)
+        return {"groups_per_s": (groups - last_groups) / elapsed, "rollout_tokens_per_s": (tokens - last_tokens) / elapsed}
+
+
+def train_loop(cfg: RunConfig, cluster: Cluster, writer: MetricsWriter, progress: Progress, started: float) -> None:
+    first_eval = evaluate(cluster)
+    writer.write({"step": 0, "wall_s": time.time() - started, "policy_version": 0, **first_eval})
+    progress.evaluated(0, first_eval)
+    if cfg.mode == "async":
+        cluster.worker_loops = [w.run.remote() for w in cluster.workers]
+    meter = RolloutMeter(cluster)
+    for step in range(1, cfg.steps + 1):
+        if cfg.mode == "sync":
+            produce_on_policy(cluster, cfg.learner.groups_per_step)
+        record = {"step": step, **learner_step(cluster), **meter.rates()}
+        if cfg.eval.every and (step % cfg.eval.every == 0 or step == cfg.steps):
+            record.update(evaluate(cluster))
+            progress.evaluated(step, record)
+        record["wall_s"] = time.time() - started
+        writer.write(record)
+        progress.stepped(record)
+    _check_worker_loops(cluster)
+
+
+def _check_worker_loops(cluster: Cluster) -> None:
+    """Surface a worker loop that died with an error instead of letting it pass silently."""
+    ready, _ = ray.wait(cluster.worker_loops, num_returns=len(cluster.worker_loops), timeout=0)
+    for ref in ready:
+        ray.get(ref)  # re-raises the worker's exception
+
+
+def train(cfg: RunConfig) -> Path:
+    """Run `cfg` to completion; returns the run directory."""
+    started = time.time()
+    run_dir = make_run_dir(cfg)
+    with ExitStack() as stack, Progress(cfg.steps) as progress:
+        progress.note(f"run directory: {run_dir}")
+        model_path = resolve_model(cfg, progress)
+        cluster = start_cluster(cfg, model_path, run_dir, stack, progress)
+        writer = MetricsWriter(run_dir)
+        stack.callback(writer.close)
+        stack.callback(lambda: ray.get([w.stop.remote() for w in cluster.workers]))
+        try:
+            train_loop(cfg, cluster, writer, progress, started)
+        finally:
+            plot_rewards(writer.records, run_dir / "reward.png", f"Tidal {cfg.name} ({cfg.mode})")
+        ray.get([l.save_checkpoint.remote(str(run_dir / "checkpoints")) for l in cluster.learners])
+        ray.get(cluster.learners[0].export_hf.remote(str(run_dir / "hf")))
+        progress.note(f"done in {time.time() - started:.0f}s; metrics {run_dir / 'metrics.jsonl'}, plot {run_dir / 'reward.png'}")
+    return run_dir

@@ -1,0 +1,38 @@
+"""Live progress of a run on the terminal: a bar with the latest step's numbers, and a line per eval."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress as RichProgress
+
+
+class Progress:
+    def __init__(self, total_steps: int) -> None:
+        self.console = Console()
+        self._bar = RichProgress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                 TextColumn("{task.description}"), console=self.console, transient=False)
+        self._task = self._bar.add_task("starting", total=total_steps)
+        self._eval = "eval -"
+
+    def __enter__(self) -> "Progress":
+        self._bar.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._bar.stop()
+
+    def note(self, message: str) -> None:
+        self.console.log(message)
+
+    def evaluated(self, step: int, record: dict) -> None:
+        self._eval = f"eval {record['eval_accuracy']:.2f}/{record['eval_accuracy_greedy']:.2f}"
+        self.console.log(f"step {step}: held-out accuracy sampled {record['eval_accuracy']:.3f}, "
+                         f"greedy {record['eval_accuracy_greedy']:.3f}")
+
+    def stepped(self, record: dict) -> None:
+        text = (f"reward {record.get('reward_mean', float('nan')):.2f}  {self._eval}  "
+                f"stale {record.get('staleness_mean', 0):.1f}  "
+                f"rollout {record.get('rollout_tokens_per_s', 0):.0f} tok/s  "
+                f"learner {record.get('learner_tokens_per_s', 0):.0f} tok/s")
+        self._bar.update(self._task, completed=record["step"], description=text)

@@ -1,0 +1,66 @@
+"""Environments: the env API, built-in envs, composable rewards, task sources and curricula."""
+
+from envs.arithmetic import ArithmeticEnv
+from envs.base import Action, Env, Observation, StepResult, Task, env_names, make_env, register_env
+from envs.chain import ChainArithmeticEnv
+from envs.curriculum import (
+    Curriculum,
+    CurriculumConfig,
+    SECCurriculum,
+    TaskSampler,
+    UniformCurriculum,
+    make_curriculum,
+    mean_abs_advantage_by_category,
+)
+from envs.errors import EnvError, EpisodeStateError, UnknownNameError
+from envs.rewards import (
+    CompositeReward,
+    OverlongPenalty,
+    RewardFn,
+    RewardTerm,
+    make_reward,
+    register_reward,
+    reward_names,
+)
+from envs.safety import EpisodeErrorCounter, SafeEnv
+from envs.single_turn import SingleTurnEnv
+from envs.tasks import ArithmeticTaskConfig, ArithmeticTasks, TaskSource, make_task_source, register_task_source
+from envs.toy import FirstDigitEnv
+
+__all__ = [
+    "Action",
+    "ArithmeticEnv",
+    "ArithmeticTaskConfig",
+    "ArithmeticTasks",
+    "ChainArithmeticEnv",
+    "CompositeReward",
+    "Curriculum",
+    "CurriculumConfig",
+    "Env",
+    "EnvError",
+    "EpisodeErrorCounter",
+    "EpisodeStateError",
+    "FirstDigitEnv",
+    "Observation",
+    "OverlongPenalty",
+    "RewardFn",
+    "RewardTerm",
+    "SECCurriculum",
+    "SafeEnv",
+    "SingleTurnEnv",
+    "StepResult",
+    "Task",
+    "TaskSampler",
+    "TaskSource",
+    "UniformCurriculum",
+    "UnknownNameError",
+    "env_names",
+    "make_curriculum",
+    "make_env",
+    "make_reward",
+    "mean_abs_advantage_by_category",
+    "register_env",
+    "register_reward",
+    "register_task_source",
+    "reward_names",
+]

@@ -1,0 +1,33 @@
+"""The one-step case of the env API: the prompt is the observation, one turn is scored."""
+
+from __future__ import annotations
+
+from envs.base import Action, Env, Observation, StepResult, Task, as_action
+from envs.errors import EpisodeStateError
+from envs.rewards import CompositeReward
+
+
+def turn_info(action: Action) -> dict[str, object]:
+    """What reward functions need to know about a turn beyond its text."""
+    return {"finish_reason": action.finish_reason, "num_tokens": len(action.token_ids) or None}
+
+
+class SingleTurnEnv(Env):
+    """Subclasses choose the default reward; the episode logic is shared."""
+
+    def __init__(self, reward: CompositeReward) -> None:
+        self.reward = reward
+        self._task: Task | None = None
+
+    def reset(self, task: Task) -> Observation:
+        self._task = task
+        return Observation(text=task.prompt)
+
+    def step(self, action: Action | str) -> StepResult:
+        if self._task is None:
+            raise EpisodeStateError(f"{type(self).__name__}.step called before reset or after the episode ended")
+        task, self._task = self._task, None
+        action = as_action(action)
+        info = turn_info(action)
+        total, parts = self.reward(task, action.text, info)
+        return StepResult(observation=None, reward=total, done=True, reward_parts=parts, info=info)

@@ -1,0 +1,59 @@
+"""Settings of the learner: optimisation, DeepSpeed, batching and checkpoints.
+
+The policy loss has its own config (learner/loss_config.py); each component receives only its part.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class OptimConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = Field(0, ge=0)
+    """Linear warm-up from 0 to lr over this many optimizer steps."""
+    schedule: Literal["constant", "cosine"] = "constant"
+    """After warm-up: keep lr, or decay it with a half cosine to 0 at `total_steps`."""
+    grad_clip: float = Field(1.0, ge=0)
+    """Global gradient-norm clip; 0 disables it."""
+
+
+class LearnerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    num_ranks: int = Field(1, ge=1)
+    """Data-parallel learner ranks (Ray actors in one process group: gloo on CPU, NCCL on GPU)."""
+    groups_per_step: int = Field(16, ge=1)
+    """Global batch, in groups, for one optimizer step (split evenly over the ranks)."""
+    micro_batch_tokens: int = Field(4096, ge=16)
+    """Token budget (rows x padded length) of one micro-batch; gradients accumulate over micro-batches."""
+    advantage: str = "grpo"
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """auto: float32 on CPU, bfloat16 on GPU."""
+    optim: OptimConfig = OptimConfig()
+    deepspeed: dict[str, Any] | Path | None = None
+    """A DeepSpeed config (dict or JSON file) merged over the one Tidal derives; it wins on conflicts."""
+    max_bad_steps: int = Field(3, ge=1)
+    """Consecutive steps with a NaN/inf loss that stop the run (each one is skipped and logged)."""
+    checkpoint_every: int = Field(0, ge=0)
+    """Save DeepSpeed state every this many steps (0: only at the end)."""
+    sample_timeout_s: float = Field(300.0, gt=0)
+    seed: int = 0
+
+    @field_validator("deepspeed")
+    @classmethod
+    def _load_deepspeed_json(cls, value):
+        if isinstance(value, Path):
+            if not value.is_file():
+                raise ValueError(f"deepspeed config file {value} does not exist")
+            return json.loads(value.read_text())
+        return value

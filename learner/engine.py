@@ -1,0 +1,140 @@
+"""The policy model under DeepSpeed: per-token logprobs, backward, optimizer step, weights, checkpoints.
+
+Gradient accumulation is caller-owned (`managed_gradient_accumulation: false`): micro-batches are
+packed by a token budget, so their count varies per step; `backward()` only accumulates and `step()`
+reduces across data-parallel ranks (DeepSpeed averages them) and updates.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from learner.config import LearnerConfig
+
+
+def _on_gpu() -> bool:
+    return torch.cuda.is_available()
+
+
+def init_process_group(rank: int, world_size: int, master_addr: str, master_port: int) -> None:
+    """Join the learners' process group: gloo on CPU, NCCL on GPU."""
+    os.environ.update(
+        MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank),
+        WORLD_SIZE=str(world_size), LOCAL_RANK="0" if not _on_gpu() else str(rank % torch.cuda.device_count()),
+    )
+    if not _on_gpu():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # must be set before deepspeed is imported
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend="nccl" if _on_gpu() else "gloo")
+
+
+def deepspeed_config(cfg: LearnerConfig, world_size: int, dtype: torch.dtype) -> dict[str, Any]:
+    derived: dict[str, Any] = {
+        # Nominal sizes: Tidal packs its own micro-batches and calls step() once per update batch.
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": 1,
+        "train_batch_size": world_size,
+        "managed_gradient_accumulation": False,
+        "gradient_clipping": cfg.optim.grad_clip,
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "zero_allow_untested_optimizer": True,  # torch AdamW: DeepSpeed's fused Adam needs CUDA
+        "bf16": {"enabled": dtype == torch.bfloat16},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    return _merge(derived, cfg.deepspeed or {})
+
+
+def _merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return merged
+
+
+def lr_multiplier(step: int, warmup_steps: int, schedule: str, total_steps: int) -> float:
+    """Linear warm-up, then constant or half-cosine decay to 0 at total_steps."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+class PolicyEngine:
+    def __init__(self, model_path: str, cfg: LearnerConfig, total_steps: int, world_size: int) -> None:
+        import deepspeed
+        from transformers import AutoModelForCausalLM
+
+        self.device = torch.device("cuda", torch.cuda.current_device()) if _on_gpu() else torch.device("cpu")
+        self.dtype = {"auto": torch.bfloat16 if _on_gpu() else torch.float32,
+                      "float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
+        torch.manual_seed(cfg.seed)
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
+                                      weight_decay=cfg.optim.weight_decay)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: lr_multiplier(s, cfg.optim.warmup_steps, cfg.optim.schedule, total_steps))
+        self.engine, _, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=schedule,
+            config=deepspeed_config(cfg, world_size, self.dtype))
+        self.world_size = world_size
+
+    def token_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logprob of each next token and the entropy of each next-token distribution, both [N, L-1], fp32."""
+        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
+        logits = self.engine(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        logp_all = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        logprobs = logp_all.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+        entropy = -(logp_all.exp() * logp_all).sum(-1)
+        return logprobs, entropy
+
+    def backward(self, loss: torch.Tensor) -> None:
+        # Each rank's loss is normalised by global counts, so the right gradient is the SUM over
+        # ranks; DeepSpeed averages, hence the world_size factor.
+        self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
+
+    def step(self) -> float:
+        self.engine.step()
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+    def skip_step(self) -> None:
+        """Drop the accumulated gradients of a step whose loss was not finite."""
+        self.engine.zero_grad()
+
+    @property
+    def lr(self) -> float:
+        return float(self.scheduler.get_last_lr()[0])
+
+    def named_weights(self) -> dict[str, torch.Tensor]:
+        """Full (gathered) CPU weights with HF names, for the rollout engines."""
+        import deepspeed
+
+        params = list(self.engine.module.named_parameters())
+        with deepspeed.zero.GatheredParameters([p for _, p in params], enabled=self.engine.zero_optimization_stage() == 3):
+            return {name: p.detach().to("cpu", torch.float32).clone() for name, p in params}
+
+    def save_checkpoint(self, directory: Path, client_state: dict[str, Any]) -> None:
+        self.engine.save_checkpoint(str(directory), client_state=client_state)
+
+    def load_checkpoint(self, directory: Path) -> dict[str, Any]:
+        path, client_state = self.engine.load_checkpoint(str(directory))
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint under {directory}")
+        return client_state
+
+    def export_hf(self, directory: Path, tokenizer_path: str) -> None:
+        """A folder that vLLM and transformers load directly (safetensors + tokenizer)."""
+        from transformers import AutoTokenizer
+
+        weights = self.named_weights()
+        self.engine.module.save_pretrained(str(directory), state_dict=weights, safe_serialization=True)
+        AutoTokenizer.from_pretrained(tokenizer_path).save_pretrained(str(directory))

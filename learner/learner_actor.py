@@ -1,0 +1,120 @@
+"""A learner rank: a Ray actor that samples from the replay, trains one step and publishes weights.
+
+The driver calls `train_step()` on every rank once per update; each rank samples its share of
+the global batch independently (like data-parallel loaders), the ranks meet in the gradient
+reduction, and rank 0 publishes the new weights to the weight channel.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import ray
+import torch
+
+from buffer import ReplayClient, ReplayConfig, SampledGroup
+from learner.advantages import compute_advantages
+from learner.batch import TrainBatch, build_batch
+from learner.config import LearnerConfig
+from learner.engine import PolicyEngine, init_process_group
+from learner.loss_config import PolicyLossConfig
+from learner.step import train_step
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive steps had a NaN or infinite loss."""
+
+
+class Learner:
+    def __init__(self, rank: int, world_size: int, master_addr: str, master_port: int, model_path: str,
+                 cfg: LearnerConfig, loss_cfg: PolicyLossConfig, replay_cfg: ReplayConfig,
+                 shard_urls: list[str], channel, total_steps: int, priority_decay: float = 0.5) -> None:
+        from transformers import AutoTokenizer
+
+        torch.set_num_threads(1)
+        init_process_group(rank, world_size, master_addr, master_port)
+        self.rank, self.world_size = rank, world_size
+        self.cfg, self.loss_cfg = cfg, loss_cfg
+        self.model_path = model_path
+        self.engine = PolicyEngine(model_path, cfg, total_steps, world_size)
+        self.pad_id = AutoTokenizer.from_pretrained(model_path).pad_token_id
+        self.replay = ReplayClient(replay_cfg, shard_urls)
+        self.channel = channel
+        self.priority_decay = priority_decay
+        self.version = 0
+        self.bad_steps = 0
+
+    def groups_for_this_rank(self) -> int:
+        share, extra = divmod(self.cfg.groups_per_step, self.world_size)
+        return share + (self.rank < extra)
+
+    def train_step(self) -> dict:
+        started = time.time()
+        samples = self.replay.sample(self.groups_for_this_rank(), learner_version=self.version,
+                                     timeout=self.cfg.sample_timeout_s)
+        sampled_at = time.time()
+        batch = self._batch(samples)
+        batch_metrics = self._batch_metrics(samples, batch)
+        metrics, applied = train_step(self.engine, batch, self.loss_cfg, self.cfg.micro_batch_tokens)
+        if applied:
+            self.bad_steps = 0
+            self.version += 1
+            self.publish()
+            self.replay.update_priorities({s.group.group_id: s.group.priority * self.priority_decay for s in samples})
+        else:
+            self.bad_steps += 1
+            log.warning("step skipped: non-finite loss (%d in a row)", self.bad_steps)
+            if self.bad_steps >= self.cfg.max_bad_steps:
+                raise NonFiniteLossError(f"{self.bad_steps} consecutive steps had a non-finite loss; stopping")
+        elapsed = time.time() - started
+        return {**metrics, **batch_metrics, "step_applied": float(applied),
+                "policy_version": self.version, "lr": self.engine.lr, "sample_wait_s": sampled_at - started,
+                "learner_tokens_per_s": int(batch.attention_mask.sum()) / max(elapsed, 1e-9)}
+
+    def _batch(self, samples: list[SampledGroup]) -> TrainBatch:
+        # Prioritized sampling is corrected by the importance weight, applied to the advantage.
+        advantages = [compute_advantages(self.cfg.advantage, torch.tensor(s.group.rewards)).numpy() * s.weight
+                      for s in samples]
+        return build_batch(samples, advantages, self.pad_id)
+
+    def _batch_metrics(self, samples: list[SampledGroup], batch: TrainBatch) -> dict:
+        mask = batch.loss_mask.bool()
+        behaviour_versions = batch.policy_versions[mask].double()
+        rewards = np.concatenate([s.group.rewards for s in samples])
+        return {"reward_mean": float(rewards.mean()), "groups": len(samples),
+                "staleness_mean": float(self.version - behaviour_versions.mean()) if mask.any() else 0.0,
+                "importance_weight_mean": float(np.mean([s.weight for s in samples]))}
+
+    def publish(self) -> None:
+        if self.rank == 0:
+            weights_ref = ray.put(self.engine.named_weights())
+            ray.get(self.channel.publish.remote(self.version, [weights_ref]))
+
+    def recompute_logprobs(self, trajectories_ids: list[list[int]]) -> list[list[float]]:
+        """Next-token logprobs of each sequence under the current weights (for checking engine parity)."""
+        with torch.no_grad():
+            out = []
+            for ids in trajectories_ids:
+                input_ids = torch.tensor([ids])
+                logprobs, _ = self.engine.token_logprobs(input_ids, torch.ones_like(input_ids))
+                out.append(logprobs[0].tolist())
+            return out
+
+    def save_checkpoint(self, directory: str) -> None:
+        self.engine.save_checkpoint(Path(directory), {"policy_version": self.version})
+
+    def load_checkpoint(self, directory: str) -> int:
+        self.version = int(self.engine.load_checkpoint(Path(directory))["policy_version"])
+        return self.version
+
+    def export_hf(self, directory: str) -> None:
+        if self.rank == 0:
+            self.engine.export_hf(Path(directory), self.model_path)
+
+
+RemoteLearner = ray.remote(Learner)

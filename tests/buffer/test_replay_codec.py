@@ -1,0 +1,103 @@
+import struct
+import zlib
+
+import msgpack
+import numpy as np
+import pytest
+
+from buffer import CodecError, decode_group, encode_group
+from buffer.codec import MAGIC, SCHEMA_VERSION
+
+_FIXED = struct.Struct("<4sHII")
+
+
+def _reframe(payload: bytes, edit_header) -> bytes:
+    """Re-encode a payload with an edited msgpack header and a valid checksum."""
+    _, version, header_len, _ = _FIXED.unpack_from(payload)
+    header = msgpack.unpackb(payload[_FIXED.size:_FIXED.size + header_len])
+    edit_header(header)
+    packed = msgpack.packb(header, use_bin_type=True)
+    body = packed + payload[_FIXED.size + header_len:]
+    return _FIXED.pack(MAGIC, version, len(packed), zlib.crc32(body)) + body
+
+
+def test_round_trip_keeps_every_field(make_group):
+    group = make_group([0.0, 1.0, 0.5], version=3, priority=0.25)
+    group.trajectories[1].reward_parts = {"correct": 1.0}
+    group.trajectories[2].loss_mask[2:4] = 0
+    decoded = decode_group(encode_group(group))
+    assert (decoded.group_id, decoded.task_id, decoded.category, decoded.priority) == \
+        (group.group_id, group.task_id, group.category, 0.25)
+    assert decoded.created_at == group.created_at
+    for original, copy in zip(group.trajectories, decoded.trajectories, strict=True):
+        for name in ("prompt_ids", "completion_ids", "loss_mask", "behavior_logprobs", "policy_versions"):
+            np.testing.assert_array_equal(getattr(copy, name), getattr(original, name))
+            assert getattr(copy, name).dtype == getattr(original, name).dtype
+        assert (copy.reward, copy.reward_parts, copy.finish_reason) == \
+            (original.reward, original.reward_parts, original.finish_reason)
+    decoded.trajectories[0].completion_ids[0] = 7  # decoded arrays are writable
+
+
+def test_corrupted_byte_is_caught_by_checksum(make_group):
+    payload = bytearray(encode_group(make_group([0.0, 1.0])))
+    payload[-5] ^= 0xFF
+    with pytest.raises(CodecError, match="checksum"):
+        decode_group(bytes(payload))
+
+
+def test_truncated_payloads(make_group):
+    payload = encode_group(make_group([0.0, 1.0]))
+    with pytest.raises(CodecError, match="truncated"):
+        decode_group(payload[:10])
+    with pytest.raises(CodecError, match="checksum|truncated"):
+        decode_group(payload[:-4])
+
+
+def test_wrong_version_and_magic(make_group):
+    payload = encode_group(make_group([0.0, 1.0]))
+    _, _, header_len, crc = _FIXED.unpack_from(payload)
+    newer = _FIXED.pack(MAGIC, SCHEMA_VERSION + 1, header_len, crc) + payload[_FIXED.size:]
+    with pytest.raises(CodecError, match=f"schema version {SCHEMA_VERSION + 1}"):
+        decode_group(newer)
+    with pytest.raises(CodecError, match="bad magic"):
+        decode_group(b"PKL!" + payload[4:])
+
+
+def test_wrong_dtype_and_lengths_are_named(make_group):
+    payload = encode_group(make_group([0.0, 1.0]))
+
+    def float64_logprobs(header):
+        header["arrays"][3][1] = "<f8"
+
+    with pytest.raises(CodecError, match="behavior_logprobs has dtype '<f8', expected '<f4'"):
+        decode_group(_reframe(payload, float64_logprobs))
+
+    def longer_completion(header):  # claims more tokens than the payload carries
+        header["lengths"][1][1] += 1
+
+    with pytest.raises(CodecError, match="truncated: policy_versions needs"):
+        decode_group(_reframe(payload, longer_completion))
+
+    def shorter_completion(header):
+        header["lengths"][0][1] -= 1
+
+    with pytest.raises(CodecError, match="trailing bytes"):
+        decode_group(_reframe(payload, shorter_completion))
+
+    def negative_length(header):
+        header["lengths"][0] = [3, -1]
+
+    with pytest.raises(CodecError, match=r"trajectory 0: invalid lengths \[3, -1\]"):
+        decode_group(_reframe(payload, negative_length))
+
+    def missing_trajectory_lengths(header):
+        header["lengths"].pop()
+
+    with pytest.raises(CodecError, match="'lengths' must list"):
+        decode_group(_reframe(payload, missing_trajectory_lengths))
+
+
+def test_missing_scalar_field_is_named(make_group):
+    payload = encode_group(make_group([0.0, 1.0]))
+    with pytest.raises(CodecError, match="'reward' is missing"):
+        decode_group(_reframe(payload, lambda h: h["trajectories"][0].pop("reward")))

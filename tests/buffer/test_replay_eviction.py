@@ -1,0 +1,67 @@
+"""Capacity with FIFO and lowest-priority removers, max_times_sampled and the staleness bound."""
+
+import pytest
+
+from buffer import RateLimiterTimeout
+
+
+def test_fifo_remover_evicts_the_oldest(shards, namespace, make_client, make_group, stored_ids):
+    client = make_client([shards[0].url], namespace, capacity_per_shard=5)
+    groups = [make_group([0.0, 1.0]) for _ in range(8)]
+    for group in groups:
+        client.insert(group)
+    assert stored_ids(shards[0].url, namespace) == [g.group_id for g in groups[3:]]
+    stats = client.stats().shards[0]
+    assert (stats.size, stats.evictions["capacity"], stats.deletes) == (5, 3, 3)
+    drawn = {s.group.group_id for s in client.sample(100, learner_version=0)}
+    assert drawn <= {g.group_id for g in groups[3:]}
+
+
+def test_lowest_priority_remover(shards, namespace, make_client, make_group, stored_ids):
+    client = make_client([shards[0].url], namespace, capacity_per_shard=3, remover="lowest_priority",
+                         initial_priority="producer")
+    for group_id, p in [("a", 0.5), ("b", 0.1), ("c", 0.9), ("d", 0.3), ("e", 0.7)]:
+        client.insert(make_group([0.0, 1.0], group_id=group_id, priority=p))
+    # d (0.3) evicts b (0.1); e (0.7) evicts d (0.3)
+    assert sorted(stored_ids(shards[0].url, namespace)) == ["a", "c", "e"]
+    client.update_priorities({"c": 0.05})  # updates move a group down the eviction order too
+    client.insert(make_group([0.0, 1.0], group_id="f", priority=0.6))
+    assert sorted(stored_ids(shards[0].url, namespace)) == ["a", "e", "f"]
+
+
+def test_max_times_sampled_evicts_after_the_last_sample(shards, namespace, make_client, make_group, stored_ids):
+    client = make_client([shards[0].url], namespace, max_times_sampled=3)
+    group = make_group([0.0, 1.0])
+    client.insert(group)
+    assert [s.times_sampled for s in client.sample(2, learner_version=0)] == [1, 2]
+    assert stored_ids(shards[0].url, namespace) == [group.group_id]
+    assert [s.times_sampled for s in client.sample(1, learner_version=0)] == [3]
+    assert stored_ids(shards[0].url, namespace) == []
+    assert client.stats().shards[0].evictions["max_times_sampled"] == 1
+
+
+def test_max_times_sampled_stops_a_batch_when_the_shard_runs_dry(shards, namespace, make_client, make_group):
+    client = make_client([shards[0].url], namespace, max_times_sampled=1)
+    for _ in range(3):
+        client.insert(make_group([0.0, 1.0]))
+    assert len({s.group.group_id for s in client.sample(3, learner_version=0)}) == 3  # each exactly once
+    with pytest.raises(RateLimiterTimeout):
+        client.sample(1, learner_version=0, timeout=0.2)
+
+
+def test_staleness_bound_evicts_and_never_returns(shards, namespace, make_client, make_group, stored_ids):
+    client = make_client([s.url for s in shards], namespace, max_staleness=2)
+    groups = {version: make_group([0.0, 1.0], version=version) for version in range(6)}
+    for group in groups.values():
+        client.insert(group)
+    # learner at 5: versions 0, 1, 2 are more than 2 behind
+    drawn = {s.group.group_id for s in client.sample(200, learner_version=5)}
+    assert drawn == {groups[v].group_id for v in (3, 4, 5)}
+    remaining = stored_ids(shards[0].url, namespace) + stored_ids(shards[1].url, namespace)
+    assert sorted(remaining) == sorted(groups[v].group_id for v in (3, 4, 5))
+    stats = client.stats(learner_version=5)
+    assert stats.to_dict()["replay/evictions/stale"] == 3
+    histogram = [sum(h) for h in zip(*(s.staleness_histogram for s in stats.shards))]
+    assert histogram == [1, 1, 1, 0]  # ages 0, 1, 2 and beyond the bound
+    assert not client.insert(make_group([0.0, 1.0], version=2))  # stale on arrival
+    assert client.stats().to_dict()["replay/evictions/stale"] == 4
