@@ -39,6 +39,8 @@ class DemoModelSettings(BaseModel):
     hidden_size: int = Field(128, ge=8)
     num_layers: int = Field(4, ge=1)
     num_heads: int = Field(4, ge=1)
+    head_dim: int = Field(32, ge=32)
+    """vLLM's CPU attention supports head sizes >= 32 only, so it is set apart from hidden_size."""
     intermediate_size: int = Field(256, ge=8)
     max_position_embeddings: int = Field(64, ge=16)
     """Prompts are <= 8 tokens and answers <= 5: 64 leaves room for multi-turn chains."""
@@ -81,6 +83,7 @@ def _llama_config(settings: DemoModelSettings, tokenizer: PreTrainedTokenizerFas
         num_hidden_layers=settings.num_layers,
         num_attention_heads=settings.num_heads,
         num_key_value_heads=settings.num_heads,
+        head_dim=settings.head_dim,
         intermediate_size=settings.intermediate_size,
         max_position_embeddings=settings.max_position_embeddings,
         tie_word_embeddings=True,
