@@ -52,13 +52,13 @@ class RolloutWorker:
     # -- rounds --------------------------------------------------------------------------------
     def sync_weights(self) -> int:
         """Load the latest published weights if they are newer; returns the engine's version."""
-        polled = self.weights.poll()
-        if polled is not None:
-            version, state = polled
-            with self._engine_lock:
+        with self._engine_lock:  # evaluate() may sync from the other actor thread
+            polled = self.weights.poll()
+            if polled is not None:
+                version, state = polled
                 self.engine.load_weights(state.items())
-            self.weights.version = version
-        return self.weights.version
+                self.weights.version = version
+            return self.weights.version
 
     def produce(self, num_groups: int) -> int:
         """Generate `num_groups` groups with the current weights and insert them.
@@ -127,6 +127,15 @@ class RolloutWorker:
         correct = [correctness(e.task, self.tokenizer.decode(e.completion_ids, skip_special_tokens=True), {})
                    for e in episodes]
         return {"accuracy": float(np.mean(correct)), "policy_version": version, "num_tasks": len(tasks)}
+
+    def probe(self, num_tasks: int) -> list[dict]:
+        """Sample fresh completions with the current weights, for checking engine/learner parity."""
+        version = self.sync_weights()
+        tasks = [self.tasks.sample(self.rng) for _ in range(num_tasks)]
+        with self._engine_lock:
+            episodes = self.runner.run(tasks, [self._env() for _ in tasks], temperature=1.0, version=version)
+        return [{"token_ids": e.context(), "prompt_len": len(e.prompt_ids), "logprobs": e.logprobs,
+                 "policy_version": version} for e in episodes]
 
     def stats(self) -> dict:
         return {**self._counters, "name": self.name, "policy_version": self.weights.version,

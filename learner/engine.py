@@ -118,7 +118,9 @@ class PolicyEngine:
         """Full (gathered) CPU weights with HF names, for the rollout engines."""
         import deepspeed
 
-        params = list(self.engine.module.named_parameters())
+        # remove_duplicate=False keeps tied weights under every name (lm_head.weight too): vLLM's
+        # in-place reload restores any layer it receives no weights for, leaving a stale LM head.
+        params = list(self.engine.module.named_parameters(remove_duplicate=False))
         with deepspeed.zero.GatheredParameters([p for _, p in params], enabled=self.engine.zero_optimization_stage() == 3):
             return {name: p.detach().to("cpu", torch.float32).clone() for name, p in params}
 

@@ -86,7 +86,8 @@ class Learner:
         mask = batch.loss_mask.bool()
         behaviour_versions = batch.policy_versions[mask].double()
         rewards = np.concatenate([s.group.rewards for s in samples])
-        return {"reward_mean": float(rewards.mean()), "groups": len(samples),
+        producers = {s.group.group_id.rsplit(":", 1)[0] for s in samples}  # group ids are "worker:sequence"
+        return {"reward_mean": float(rewards.mean()), "groups": len(samples), "producers": len(producers),
                 "staleness_mean": float(self.version - behaviour_versions.mean()) if mask.any() else 0.0,
                 "importance_weight_mean": float(np.mean([s.weight for s in samples]))}
 
