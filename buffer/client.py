@@ -74,7 +74,9 @@ class _SamplePlan:
     shares: dict[int, float]  # shard -> fraction of the total mass when the call began
     sizes: dict[int, int]  # shard -> number of groups
     pending: dict[int, int]  # shard -> draws still owed
-    drawn: list[tuple[int, Draw, Group]] = dataclasses.field(default_factory=list)
+    # (shard, draw, group, the shard's share of the mass when it was drawn): a later re-plan must
+    # not re-price earlier draws (a shard emptied by max_times_sampled would give them P = 0).
+    drawn: list[tuple[int, Draw, Group, float]] = dataclasses.field(default_factory=list)
     blocked: dict[int, str] = dataclasses.field(default_factory=dict)  # shard -> why it gave nothing
     excluded: set[int] = dataclasses.field(default_factory=set)  # shards found empty or down
 
@@ -246,7 +248,7 @@ class ReplayClient:
             if reply.status == "ok":
                 plan.sizes[index] = reply.size
                 good = self._decode_draws(shard, reply)
-                plan.drawn.extend((index, draw, group) for draw, group in good)
+                plan.drawn.extend((index, draw, group, plan.shares[index]) for draw, group in good)
                 plan.pending[index] -= len(good)
                 plan.blocked.pop(index, None)
                 progressed = True
@@ -276,13 +278,13 @@ class ReplayClient:
     def _to_sampled(self, plan: "_SamplePlan", learner_version: int) -> list[SampledGroup]:
         # P(i) = P(shard) * P(i | shard): the shard's share of the mass times leaf / shard mass.
         drawn, sizes = plan.drawn, plan.sizes
-        probabilities = np.array([plan.shares[index] * draw.leaf / draw.mass for index, draw, _ in drawn])
+        probabilities = np.array([share * draw.leaf / draw.mass for _, draw, _, share in drawn])
         beta = annealed_beta(self.config.beta, self.config.beta_final, self.config.beta_anneal_versions,
                              learner_version)
         weights = importance_weights(probabilities, max(sum(sizes.values()), 1), beta)
         sampled = []
         with self._lock:
-            for (index, draw, group), probability, weight in zip(drawn, probabilities, weights):
+            for (index, draw, group, _), probability, weight in zip(drawn, probabilities, weights):
                 self._route_cache[draw.group_id] = index
                 self._route_cache.move_to_end(draw.group_id)
                 sampled.append(SampledGroup(dataclasses.replace(group, priority=draw.priority), float(probability),

@@ -1,5 +1,6 @@
 """Capacity with FIFO and lowest-priority removers, max_times_sampled and the staleness bound."""
 
+import numpy as np
 import pytest
 
 from buffer import RateLimiterTimeout
@@ -65,3 +66,25 @@ def test_staleness_bound_evicts_and_never_returns(shards, namespace, make_client
     assert histogram == [1, 1, 1, 0]  # ages 0, 1, 2 and beyond the bound
     assert not client.insert(make_group([0.0, 1.0], version=2))  # stale on arrival
     assert client.stats().to_dict()["replay/evictions/stale"] == 4
+
+
+def test_weights_stay_finite_when_a_shard_empties_while_a_sample_waits(shards, namespace, make_client, make_group):
+    """max_times_sampled=1 empties the shards mid-call; the re-plan must not re-price earlier draws."""
+    import threading
+
+    urls = [s.url for s in shards]
+    client = make_client(urls, namespace, max_times_sampled=1)
+    home = {i: [] for i in range(2)}
+    for k in range(200):  # ids whose home shard is known, so that the late inserts all go to shard 1
+        gid = f"w:route-{k}"
+        home[client._route(gid)[0].index].append(gid)
+    client.insert(make_group([0.0, 1.0], group_id=home[0][0]))
+    client.insert(make_group([0.0, 1.0], group_id=home[1][0]))
+    late = threading.Timer(0.3, lambda: [client.insert(make_group([0.0, 1.0], group_id=g)) for g in home[1][1:4]])
+    late.start()
+    sampled = client.sample(4, learner_version=0, timeout=5.0)
+    late.join()
+    weights = [s.weight for s in sampled]
+    assert len(sampled) == 4
+    assert all(np.isfinite(w) and 0 < w <= 1 for w in weights), weights
+    assert all(s.probability > 0 for s in sampled)
