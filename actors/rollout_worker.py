@@ -61,27 +61,22 @@ class RolloutWorker:
             return self.weights.version
 
     def produce(self, num_groups: int) -> int:
-        """Generate `num_groups` groups with the current weights and insert them.
-
-        Returns how many were inserted with a learning signal: zero-signal groups are never sampled.
-        """
+        """Generate `num_groups` groups with the current weights and insert them; returns how many were stored."""
         groups = self._generate_groups([self.tasks.sample(self.rng) for _ in range(num_groups)])
-        return sum(self.replay.insert(g) and g.priority > 0 for g in groups)
+        return sum(self.replay.insert(g) for g in groups)
 
     def run(self) -> dict:
         """Produce until `stop()`; each round is admitted by the weight channel first."""
         n = self.cfg.groups_per_round
         while not self._stop.is_set():
             self.sync_weights()
-            if not self.weights.admit(n):
+            if not self.weights.admit(n, buffered=int(self.replay.stats().total("size"))):
                 time.sleep(0.05)
                 continue
-            useful = 0
             try:
-                useful = self.produce(n)
+                self.produce(n)
             finally:
-                # Admission counts groups the learner will consume; give back the rest.
-                self.weights.release(n - useful)
+                self.weights.done(n)
         return self.stats()
 
     def stop(self) -> None:

@@ -23,8 +23,8 @@ class WeightSubscriber:
             return None
         return version, ray.get(refs[0])
 
-    def admit(self, num_groups: int) -> bool:
-        return ray.get(self._channel.admit.remote(num_groups))
+    def admit(self, num_groups: int, buffered: int) -> bool:
+        return ray.get(self._channel.admit.remote(num_groups, buffered))
 
-    def release(self, num_groups: int) -> None:
-        ray.get(self._channel.release.remote(num_groups))
+    def done(self, num_groups: int) -> None:
+        ray.get(self._channel.done.remote(num_groups))

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from actors.config import EnvConfig, RolloutConfig
 from buffer import ReplayConfig
@@ -61,7 +61,7 @@ class RunConfig(BaseModel):
     name: str = "demo"
     mode: Literal["async", "sync"] = "async"
     """async: workers generate while the learner trains (bounded staleness); sync: generate, train, publish, repeat."""
-    steps: int = Field(60, ge=1)
+    steps: int = Field(100, ge=1)
     """Learner steps (optimizer updates) in the run."""
     seed: int = 0
     run_root: Path = Path("runs")
@@ -73,6 +73,14 @@ class RunConfig(BaseModel):
     loss: PolicyLossConfig = PolicyLossConfig()
     eval: EvalConfig = EvalConfig()
     ray: RayConfig = RayConfig()
+
+    @model_validator(mode="after")
+    def _rounds_fit_the_staleness_window(self) -> "RunConfig":
+        window = (self.rollout.max_staleness + 1) * self.learner.groups_per_step
+        if self.rollout.groups_per_round > window:
+            raise ValueError(f"rollout.groups_per_round={self.rollout.groups_per_round} exceeds the admission window "
+                             f"(max_staleness + 1) * learner.groups_per_step = {window}: no round could ever start")
+        return self
 
 
 def _describe(error: ValidationError) -> str:

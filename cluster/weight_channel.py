@@ -2,14 +2,17 @@
 
 A tiny Ray actor. The learner publishes `(version, [weights_ref])` (the ref is wrapped in a list so
 Ray passes the reference instead of resolving it); rollout workers poll `version()` between rounds
-and fetch the weights only when they are newer. Admission control follows AReaL's bound on
-off-policyness: workers may produce at most `max_staleness + 1` learner steps' worth of groups
-ahead of the learner, so no group is consumed more than `max_staleness` versions after its policy.
+and fetch the weights only when they are newer.
+
+Admission control (AReaL's bound on off-policyness, counted in groups): a worker may start a round
+only while the groups waiting in the replay plus those being generated stay within
+`(max_staleness + 1)` learner steps' worth. The learner consumes one step's worth per version, so
+a group waits at most `max_staleness` versions; the replay's own staleness bound evicts the rest.
+Counting what the replay holds (not what was ever produced) keeps the bound exact when groups are
+skipped, evicted or reused.
 """
 
 from __future__ import annotations
-
-import time
 
 import ray
 
@@ -23,13 +26,12 @@ class WeightChannel:
         self._max_staleness = max_staleness
         self._version = 0
         self._weights: list = []  # [ObjectRef] of the latest state dict, empty before the first publish
-        self._admitted_groups = 0
-        self._published_at = time.time()
+        self._in_flight = 0  # groups admitted but not yet inserted
 
     def publish(self, version: int, weights_ref: list) -> None:
         if version <= self._version and self._weights:
             raise ValueError(f"published version {version} is not newer than {self._version}")
-        self._version, self._weights, self._published_at = version, weights_ref, time.time()
+        self._version, self._weights = version, weights_ref
 
     def version(self) -> int:
         return self._version
@@ -37,14 +39,13 @@ class WeightChannel:
     def latest(self) -> tuple[int, list]:
         return self._version, self._weights
 
-    def admit(self, num_groups: int) -> bool:
-        """Reserve room for `num_groups` new groups unless that would run too far ahead of the learner."""
-        allowed = (self._version + self._max_staleness + 1) * self._groups_per_step
-        if self._admitted_groups + num_groups > allowed:
+    def admit(self, num_groups: int, buffered: int) -> bool:
+        """Reserve room for `num_groups` new groups, given `buffered` groups waiting in the replay."""
+        if buffered + self._in_flight + num_groups > (self._max_staleness + 1) * self._groups_per_step:
             return False
-        self._admitted_groups += num_groups
+        self._in_flight += num_groups
         return True
 
-    def release(self, num_groups: int) -> None:
-        """Give back admitted groups that were never inserted (a failed round), so they can be produced again."""
-        self._admitted_groups = max(0, self._admitted_groups - num_groups)
+    def done(self, num_groups: int) -> None:
+        """The admitted groups were inserted (or dropped): they no longer count as in flight."""
+        self._in_flight = max(0, self._in_flight - num_groups)

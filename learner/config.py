@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 class OptimConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    lr: float = Field(1e-4, gt=0)
+    lr: float = Field(2e-4, gt=0)
+    """2e-4 sharpens the demo model; 1e-3 made its greedy accuracy collapse (0.88 -> 0.30)."""
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = Field(0, ge=0)

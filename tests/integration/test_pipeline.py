@@ -25,7 +25,7 @@ STEPS = 12
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
-    model_path = build_demo_model(cache_dir=root / "models", settings=DemoModelSettings(sft_steps=50))
+    model_path = build_demo_model(cache_dir=root / "models", settings=DemoModelSettings(clean_steps=40, noisy_steps=10))
     cfg = load_config(None, {
         "name": "pipeline-test", "run_root": str(root / "runs"), "steps": STEPS,
         "env": {"name": "first_digit", "params": {"targets": "12"}},
