@@ -41,7 +41,7 @@ class ModelConfig(BaseModel):
 class EvalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    every: int = Field(10, ge=0)
+    every: int = Field(20, ge=0)
     """Evaluate every this many learner steps (and before the first and after the last); 0 disables."""
 
 
@@ -61,7 +61,7 @@ class RunConfig(BaseModel):
     name: str = "demo"
     mode: Literal["async", "sync"] = "async"
     """async: workers generate while the learner trains (bounded staleness); sync: generate, train, publish, repeat."""
-    steps: int = Field(100, ge=1)
+    steps: int = Field(200, ge=1)
     """Learner steps (optimizer updates) in the run."""
     seed: int = 0
     run_root: Path = Path("runs")
