@@ -15,9 +15,11 @@ BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
 
 def _train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)  # fails before any service starts
+    if args.resume is not None and not (args.resume / "config.yaml").is_file():
+        raise ConfigError(f"--resume {args.resume}: not a run directory (no config.yaml)")
     from cluster.driver import train
 
-    train(cfg)
+    train(cfg, resume_dir=args.resume)
     return 0
 
 
@@ -34,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="run a training job (no config: the built-in demo)")
     train.add_argument("config", nargs="?", type=Path, help="YAML run config")
+    train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue this run from its latest checkpoint")
     train.set_defaults(func=_train)
 
     bench = commands.add_parser("bench", help="run a benchmark from bench/ (replay, staleness)")

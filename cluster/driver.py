@@ -19,7 +19,7 @@ import yaml
 
 from actors.rollout_worker import RemoteRolloutWorker
 from buffer import start_local_shards, stop_local_shards
-from cluster.config import RunConfig
+from cluster.config import ConfigError, RunConfig
 from cluster.demo_model import build_demo_model
 from cluster.metrics import MetricsWriter, plot_rewards
 from cluster.progress import Progress
@@ -148,14 +148,15 @@ class RolloutMeter:
         return {"groups_per_s": (groups - last_groups) / elapsed, "rollout_tokens_per_s": (tokens - last_tokens) / elapsed}
 
 
-def train_loop(cfg: RunConfig, cluster: Cluster, writer: MetricsWriter, progress: Progress, started: float) -> None:
+def train_loop(cfg: RunConfig, cluster: Cluster, writer: MetricsWriter, progress: Progress, started: float,
+               first_step: int = 1) -> None:
     first_eval = evaluate(cluster)
-    writer.write({"step": 0, "wall_s": time.time() - started, "policy_version": 0, **first_eval})
-    progress.evaluated(0, first_eval)
+    writer.write({"step": first_step - 1, "wall_s": time.time() - started, "policy_version": first_step - 1, **first_eval})
+    progress.evaluated(first_step - 1, first_eval)
     if cfg.mode == "async":
         cluster.worker_loops = [w.run.remote() for w in cluster.workers]
     meter = RolloutMeter(cluster)
-    for step in range(1, cfg.steps + 1):
+    for step in range(first_step, cfg.steps + 1):
         if cfg.mode == "sync":
             produce_on_policy(cluster, cfg.learner.groups_per_step)
         record = {"step": step, **learner_step(cluster), **meter.rates()}
@@ -175,19 +176,31 @@ def _check_worker_loops(cluster: Cluster) -> None:
         ray.get(ref)  # re-raises the worker's exception
 
 
-def train(cfg: RunConfig) -> Path:
-    """Run `cfg` to completion; returns the run directory."""
+def resume(cluster: Cluster, run_dir: Path) -> int:
+    """Load the latest checkpoint into every learner rank and publish it; returns its policy version."""
+    checkpoints = run_dir / "checkpoints"
+    if not (checkpoints / "latest").is_file():
+        raise ConfigError(f"--resume {run_dir}: no checkpoint under {checkpoints}")
+    version = ray.get([l.load_checkpoint.remote(str(checkpoints)) for l in cluster.learners])[0]
+    ray.get([l.publish.remote() for l in cluster.learners])
+    return version
+
+
+def train(cfg: RunConfig, resume_dir: Path | None = None) -> Path:
+    """Run `cfg` to completion, or continue the run in `resume_dir` (same directory, replay and
+    version numbering) from its latest checkpoint; returns the run directory."""
     started = time.time()
-    run_dir = make_run_dir(cfg)
+    run_dir = resume_dir if resume_dir is not None else make_run_dir(cfg)
     with ExitStack() as stack, Progress(cfg.steps) as progress:
         progress.note(f"run directory: {run_dir}")
         model_path = resolve_model(cfg, progress)
         cluster = start_cluster(cfg, model_path, run_dir, stack, progress)
+        first_step = resume(cluster, run_dir) + 1 if resume_dir is not None else 1
         writer = MetricsWriter(run_dir)
         stack.callback(writer.close)
         stack.callback(lambda: ray.get([w.stop.remote() for w in cluster.workers]))
         try:
-            train_loop(cfg, cluster, writer, progress, started)
+            train_loop(cfg, cluster, writer, progress, started, first_step)
         finally:
             plot_rewards(writer.records, run_dir / "reward.png", f"Tidal {cfg.name} ({cfg.mode})")
         ray.get([l.save_checkpoint.remote(str(run_dir / "checkpoints")) for l in cluster.learners])
