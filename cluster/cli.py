@@ -8,7 +8,9 @@ import runpy
 import sys
 from pathlib import Path
 
+from cluster import replay_cli, status_cli, submit
 from cluster.config import ConfigError, load_config
+from cluster.control import ControlError
 
 BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
 
@@ -43,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("name", choices=["replay", "staleness"])
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="arguments passed to the benchmark")
     bench.set_defaults(func=_bench)
+    for module in (submit, status_cli, replay_cli):
+        module.register(commands)
     return parser
 
 
@@ -54,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"tidal: {e}", file=sys.stderr)
         return 2
+    except ControlError as e:
+        print(f"tidal: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("tidal: interrupted; every actor and Redis process this run started was stopped", file=sys.stderr)
         return 130

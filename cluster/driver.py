@@ -12,17 +12,20 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Callable
 from pathlib import Path
 
 import ray
 import yaml
 
 from actors.rollout_worker import RemoteRolloutWorker
-from buffer import start_local_shards, stop_local_shards
+from buffer import ReplayClient, start_local_shards, stop_local_shards
 from cluster.config import ConfigError, RunConfig
+from cluster.control import RunStatus, start_controller
 from cluster.demo_model import build_demo_model
 from cluster.metrics import MetricsWriter, plot_rewards
 from cluster.progress import Progress
+from cluster.scaling import reconcile_workers
 from cluster.weight_channel import WeightChannel
 from learner.learner_actor import RemoteLearner
 
@@ -39,10 +42,12 @@ class Cluster:
     """The live parts of a run, for the loop."""
 
     channel: object
+    controller: object  # RunController: status for `tidal status`, desired size from `tidal scale`
+    replay: ReplayClient  # the driver's own client, for replay statistics
     learners: list
     workers: list
-    shard_urls: list[str]
-    worker_loops: list = field(default_factory=list)
+    start_worker: Callable[[int], object]  # index -> a started RolloutWorker handle
+    worker_loops: dict = field(default_factory=dict)  # worker handle -> ref of its run() loop (async mode)
 
 
 def make_run_dir(cfg: RunConfig) -> Path:
@@ -89,6 +94,10 @@ def start_cluster(cfg: RunConfig, model_path: str, run_dir: Path, stack: ExitSta
     if context.dashboard_url:
         progress.note(f"Ray dashboard: http://{context.dashboard_url}")
 
+    controller = start_controller(RunStatus(cfg.name, str(run_dir), cfg.steps, cfg.rollout.num_workers),
+                                  replay_cfg, shard_urls)
+    replay = ReplayClient(replay_cfg, shard_urls)
+    stack.callback(replay.close)
     channel = WeightChannel.remote(cfg.learner.groups_per_step, cfg.rollout.max_staleness)
     port = _free_port()
     learners = [
@@ -97,14 +106,16 @@ def start_cluster(cfg: RunConfig, model_path: str, run_dir: Path, stack: ExitSta
             shard_urls, channel, cfg.steps)
         for rank in range(cfg.learner.num_ranks)
     ]
-    workers = [
-        RemoteRolloutWorker.options(num_cpus=cfg.rollout.cpus_per_worker, max_concurrency=4).remote(
-            i, model_path, cfg.rollout, cfg.env, replay_cfg, shard_urls, channel, cfg.seed + 1000 * (i + 1))
-        for i in range(cfg.rollout.num_workers)
-    ]
+
+    def start_worker(index: int):
+        return RemoteRolloutWorker.options(num_cpus=cfg.rollout.cpus_per_worker, max_concurrency=4).remote(
+            index, model_path, cfg.rollout, cfg.env, replay_cfg, shard_urls, channel, cfg.seed + 1000 * (index + 1))
+
+    workers = [start_worker(i) for i in range(cfg.rollout.num_workers)]
     progress.note(f"starting {len(learners)} learner rank(s) and {len(workers)} rollout workers (vLLM warm-up)...")
     ray.get([w.stats.remote() for w in workers] + [l.groups_for_this_rank.remote() for l in learners])
-    return Cluster(channel=channel, learners=learners, workers=workers, shard_urls=shard_urls)
+    return Cluster(channel=channel, controller=controller, replay=replay, learners=learners, workers=workers,
+                   start_worker=start_worker)
 
 
 def evaluate(cluster: Cluster) -> dict:
@@ -134,6 +145,10 @@ class RolloutMeter:
 
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
+        self.reset()
+
+    def reset(self) -> None:
+        """Start counting afresh (after the set of workers changed)."""
         self.last = self._totals(), time.time()
 
     def _totals(self) -> tuple[float, float]:
@@ -154,7 +169,7 @@ def train_loop(cfg: RunConfig, cluster: Cluster, writer: MetricsWriter, progress
     writer.write({"step": first_step - 1, "wall_s": time.time() - started, "policy_version": first_step - 1, **first_eval})
     progress.evaluated(first_step - 1, first_eval)
     if cfg.mode == "async":
-        cluster.worker_loops = [w.run.remote() for w in cluster.workers]
+        cluster.worker_loops = {w: w.run.remote() for w in cluster.workers}
     meter = RolloutMeter(cluster)
     for step in range(first_step, cfg.steps + 1):
         if cfg.mode == "sync":
@@ -166,12 +181,38 @@ def train_loop(cfg: RunConfig, cluster: Cluster, writer: MetricsWriter, progress
         record["wall_s"] = time.time() - started
         writer.write(record)
         progress.stepped(record)
+        cluster.controller.report.remote(record, len(cluster.workers), cluster.replay.stats().to_dict())
+        rescale(cfg, cluster, meter, progress)
     _check_worker_loops(cluster)
+
+
+def rescale(cfg: RunConfig, cluster: Cluster, meter: "RolloutMeter", progress: Progress) -> None:
+    """Apply `tidal scale`: start or stop rollout workers to match the controller's desired count."""
+    desired = ray.get(cluster.controller.desired_workers.remote())
+    if desired == len(cluster.workers):
+        return
+    before = set(cluster.workers)
+
+    def start(index: int):
+        worker = cluster.start_worker(index)
+        if cfg.mode == "async":
+            cluster.worker_loops[worker] = worker.run.remote()
+        return worker
+
+    cluster.workers = reconcile_workers(cluster.workers, desired, start, lambda w: w.stop.remote())
+    for gone in before - set(cluster.workers):
+        loop = cluster.worker_loops.pop(gone, None)
+        if loop is not None:  # let its last round finish and be inserted, then free its engine
+            ray.wait([loop], timeout=120)
+        ray.kill(gone, no_restart=True)
+    meter.reset()
+    progress.note(f"rollout workers: {len(before)} -> {len(cluster.workers)}")
 
 
 def _check_worker_loops(cluster: Cluster) -> None:
     """Surface a worker loop that died with an error instead of letting it pass silently."""
-    ready, _ = ray.wait(cluster.worker_loops, num_returns=len(cluster.worker_loops), timeout=0)
+    loops = list(cluster.worker_loops.values())
+    ready, _ = ray.wait(loops, num_returns=len(loops), timeout=0)
     for ref in ready:
         ray.get(ref)  # re-raises the worker's exception
 

@@ -1,0 +1,129 @@
+"""`tidal submit CONFIG --address URL`: the same run as `tidal train CONFIG`, as a Ray job on a cluster.
+
+Ray token authentication: a cluster with auth on answers 401 to the Jobs API without a bearer token.
+The token is looked up the way Ray does it (RAY_AUTH_TOKEN, then the file at RAY_AUTH_TOKEN_PATH,
+then ~/.ray/auth_token) and sent as an explicit `Authorization` header, which is what
+RAY_AUTH_MODE=token makes Ray's own client do, without changing this process's Ray settings.
+The token is never printed or logged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from ray.exceptions import AuthenticationError
+from ray.job_submission import JobSubmissionClient
+
+from cluster.config import ConfigError, RunConfig, load_config
+from cluster.control import ControlError
+
+# Never uploaded with the working dir: environments, history and run outputs (checkpoints are large).
+UPLOAD_EXCLUDES = [".venv", ".git", "runs", "**/__pycache__", "*.egg-info", ".pytest_cache"]
+DEFAULT_TOKEN_PATH = Path.home() / ".ray" / "auth_token"
+
+
+class SubmitError(ControlError):
+    """The job could not be submitted (unreachable address, missing or rejected token)."""
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    entrypoint: str
+    runtime_env: dict
+
+
+def find_auth_token(environ: Mapping[str, str] = os.environ) -> str | None:
+    """The Ray auth token for this client, or None when there is none (a cluster without auth)."""
+    if environ.get("RAY_AUTH_TOKEN", "").strip():
+        return environ["RAY_AUTH_TOKEN"].strip()
+    if environ.get("RAY_AUTH_TOKEN_PATH"):
+        path = Path(environ["RAY_AUTH_TOKEN_PATH"]).expanduser()
+        if not path.is_file():
+            raise SubmitError(f"RAY_AUTH_TOKEN_PATH={path} does not exist")
+    else:
+        path = DEFAULT_TOKEN_PATH
+    return (path.read_text().strip() or None) if path.is_file() else None
+
+
+def auth_headers(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def make_job_client(address: str, environ: Mapping[str, str] = os.environ):
+    """A JobSubmissionClient for the dashboard at `address`, authenticated when a token is available."""
+    token = find_auth_token(environ)
+    try:
+        return JobSubmissionClient(address, headers=auth_headers(token))
+    except (AuthenticationError, ConnectionError, RuntimeError) as e:
+        hint = ("the cluster rejected the token: copy the head node's (`ray get-auth-token` there) to "
+                "~/.ray/auth_token or RAY_AUTH_TOKEN" if token else
+                "if the cluster has token auth on, put its token (`ray get-auth-token` on the head node) in "
+                "~/.ray/auth_token or RAY_AUTH_TOKEN")
+        raise SubmitError(f"cannot reach the Ray Jobs API at {address}: {_first_line(e)}; {hint}") from e
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def validate_for_cluster(config_path: Path, model_on_cluster: bool) -> RunConfig:
+    """The checks `tidal train` would do, here and now, plus what a submitted run needs."""
+    # A model that exists only on the cluster's disks cannot be checked here; `tidal train` checks it there.
+    cfg = load_config(config_path, overrides={"model": {"path": None}} if model_on_cluster else None)
+    if cfg.ray.address is None:
+        raise ConfigError("ray.address: a submitted run joins the job's cluster; set it to 'auto' "
+                          "(None would start a second, local Ray instance)")
+    return cfg
+
+
+def job_spec(config_path: Path, working_dir: Path) -> JobSpec:
+    """Entrypoint and runtime env: the working dir is uploaded and the run starts from it."""
+    working_dir, config = working_dir.resolve(), config_path.resolve()
+    if not working_dir.is_dir():
+        raise ConfigError(f"working dir {working_dir} does not exist")
+    try:
+        relative = config.relative_to(working_dir)
+    except ValueError as e:
+        raise ConfigError(f"config {config_path} is outside the working dir {working_dir}: only the working dir "
+                          "is uploaded, so put the config inside it") from e
+    # `python -m cluster.cli` is `tidal`, but runs the uploaded code (the console script would run the
+    # image's installed copy instead).
+    return JobSpec(entrypoint=f"python -m cluster.cli train {shlex.quote(relative.as_posix())}",
+                   runtime_env={"working_dir": str(working_dir), "excludes": list(UPLOAD_EXCLUDES)})
+
+
+def submit_run(config_path: Path, address: str, working_dir: Path = Path("."), *, model_on_cluster: bool = False,
+               job_id: str | None = None) -> str:
+    """Validate locally, then submit; returns the job id. A bad config fails before any network call."""
+    cfg = validate_for_cluster(config_path, model_on_cluster)
+    spec = job_spec(config_path, working_dir)
+    client = make_job_client(address)
+    return client.submit_job(entrypoint=spec.entrypoint, runtime_env=spec.runtime_env, submission_id=job_id,
+                             metadata={"tidal_run": cfg.name})
+
+
+def _submit(args: argparse.Namespace) -> int:
+    job_id = submit_run(args.config, args.address, args.working_dir, model_on_cluster=args.model_on_cluster,
+                        job_id=args.job_id)
+    print(f"submitted job {job_id} to {args.address}\n"
+          f"follow its logs:  RAY_AUTH_MODE=token ray job logs --address {args.address} --follow {job_id}\n"
+          f"its status:       RAY_AUTH_MODE=token ray job status --address {args.address} {job_id}\n"
+          f"or the Jobs page of the dashboard at {args.address}")
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add `submit` to the `tidal` argparse subcommands."""
+    submit = subparsers.add_parser("submit", help="run a config as a Ray job on a cluster")
+    submit.add_argument("config", type=Path, help="YAML run config (inside --working-dir; set ray.address: auto)")
+    submit.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://head:8265")
+    submit.add_argument("--working-dir", type=Path, default=Path("."), help="uploaded to the cluster (default: .)")
+    submit.add_argument("--model-on-cluster", action="store_true",
+                        help="model.path exists on the cluster, not here: skip its local check")
+    submit.add_argument("--job-id", help="submission id (default: Ray picks one)")
+    submit.set_defaults(func=_submit)

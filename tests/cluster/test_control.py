@@ -1,0 +1,198 @@
+"""The run controller through a real local Ray: status round-trip, scaling, `tidal status/scale/replay
+stats` end to end (real Redis shards), and the pure worker-reconciliation rule by hand."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+import uuid
+
+import numpy as np
+import pytest
+import ray
+
+from buffer import Group, ReplayClient, ReplayConfig, Trajectory, start_local_shards, stop_local_shards
+from cluster import replay_cli, status_cli
+from cluster.control import (CONTROLLER_NAME, NAMESPACE, ControlError, RunNotFoundError, RunStatus, find_controller,
+                             start_controller)
+from cluster.scaling import reconcile_workers
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    # Own temp dir: this cluster must not become the machine's "auto" cluster (a run may be live here).
+    temp_dir = tempfile.mkdtemp(prefix="tc", dir="/tmp")
+    ray.init(num_cpus=2, include_dashboard=False, namespace=NAMESPACE, _temp_dir=temp_dir,
+             log_to_driver=False)
+    yield
+    ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def shard(tmp_path_factory):
+    shards = start_local_shards(1, tmp_path_factory.mktemp("redis"))
+    yield shards[0]
+    stop_local_shards(shards)
+
+
+@pytest.fixture
+def replay_config() -> ReplayConfig:
+    return ReplayConfig(namespace=f"test-{uuid.uuid4().hex[:12]}", insert_timeout_s=5.0)
+
+
+@pytest.fixture
+def controller(shard, replay_config):
+    handle = start_controller(RunStatus("unit", "/runs/unit", total_steps=10, desired_workers=2),
+                              replay_config, [shard.url])
+    yield handle
+    ray.kill(handle)
+    _wait_until_gone()
+
+
+def _wait_until_gone(timeout_s: float = 10.0) -> None:
+    """The name is released asynchronously after a kill."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
+        except ValueError:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{CONTROLLER_NAME} still registered after {timeout_s}s")
+
+
+def _cli(register, argv: list[str]) -> int:
+    """Parse and run a command the way `tidal` does, with only `register`'s commands."""
+    parser = argparse.ArgumentParser(prog="tidal")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def _group(group_id: str, rewards: list[float]) -> Group:
+    trajectories = [Trajectory(prompt_ids=np.arange(3, dtype=np.int32), completion_ids=np.arange(4, dtype=np.int32),
+                               loss_mask=np.ones(4, np.uint8), behavior_logprobs=np.full(4, -0.5, np.float32),
+                               policy_versions=np.zeros(4, np.int32), reward=r, task_id="t0") for r in rewards]
+    return Group(group_id, "t0", "arith", time.time(), trajectories)
+
+
+def test_status_round_trip_keeps_the_latest_eval(controller, capsys):
+    replay = {"replay/size": 7, "replay/shard0/size": 7, "replay/inserts": 9}
+    ray.get(controller.report.remote({"step": 1, "loss": 0.25, "policy_version": 1.0, "eval_accuracy": 0.5,
+                                      "note": "not a number"}, 2, replay))
+    ray.get(controller.report.remote({"step": 2, "loss": 0.125, "policy_version": 2.0}, 3))
+    status = ray.get(find_controller().status.remote())
+    assert (status.step, status.policy_version, status.workers) == (2, 2, 3)
+    assert status.metrics == {"step": 2, "loss": 0.125, "policy_version": 2.0}
+    assert (status.eval_accuracy, status.eval_step) == (0.5, 1)  # kept from the eval step
+    assert status.replay == replay  # a report without replay stats keeps the last ones
+    assert status.updated_at >= status.started_at
+
+    assert _cli(status_cli.register, ["status"]) == 0
+    out = capsys.readouterr().out
+    for expected in ("tidal run unit", "2/10", "3 (desired 2)", "0.500 (step 1)", "0.125", "replay/size"):
+        assert expected in out
+    assert "replay/shard0/size" not in out  # per-shard rows belong to `tidal replay stats`
+
+
+def test_scale_sets_the_desired_count(controller, capsys):
+    assert _cli(status_cli.register, ["scale", "--rollout-workers", "5"]) == 0
+    assert "desired 2 -> 5" in capsys.readouterr().out
+    assert ray.get(controller.desired_workers.remote()) == 5
+    with pytest.raises(ValueError, match="got 0"):
+        ray.get(controller.scale.remote(0))
+    with pytest.raises(SystemExit):
+        _cli(status_cli.register, ["scale", "--rollout-workers", "0"])
+    assert ray.get(controller.desired_workers.remote()) == 5
+
+
+def test_a_second_run_on_the_same_cluster_is_refused(controller, replay_config):
+    with pytest.raises(ControlError, match="another Tidal run is live"):
+        start_controller(RunStatus("other", "/runs/other", 1, 1), replay_config, [])
+
+
+def test_no_live_run_is_a_clear_error():
+    with pytest.raises(RunNotFoundError, match="no live Tidal run"):
+        _cli(status_cli.register, ["status"])
+    with pytest.raises(RunNotFoundError, match="no live Tidal run"):
+        _cli(replay_cli.register, ["replay", "stats"])
+
+
+def test_scaling_loop_with_real_actors(controller):
+    """What the driver does each step: read the desired count, reconcile, keep the handles."""
+
+    class Worker:  # defined here so that Ray ships it by value (the test module is not importable there)
+        def ping(self) -> str:
+            return "up"
+
+    remote_worker = ray.remote(num_cpus=0)(Worker)
+    stopped = []
+
+    def stop(handle):
+        stopped.append(handle)
+        ray.kill(handle)
+
+    workers = reconcile_workers([], ray.get(controller.desired_workers.remote()), lambda i: remote_worker.remote(), stop)
+    ray.get(controller.scale.remote(4))
+    workers = reconcile_workers(workers, ray.get(controller.desired_workers.remote()), lambda i: remote_worker.remote(),
+                                stop)
+    assert ray.get([w.ping.remote() for w in workers]) == ["up"] * 4
+    ray.get(controller.scale.remote(1))
+    survivor = workers[0]
+    workers = reconcile_workers(workers, ray.get(controller.desired_workers.remote()), lambda i: remote_worker.remote(),
+                                stop)
+    assert workers == [survivor] and len(stopped) == 3
+    assert all(_dies(handle) for handle in stopped)
+    assert ray.get(survivor.ping.remote()) == "up"
+
+
+def _dies(handle, timeout_s: float = 30.0) -> bool:
+    """ray.kill is asynchronous: a call right after it may still be served."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            ray.get(handle.ping.remote(), timeout=timeout_s)
+        except ray.exceptions.RayActorError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_replay_stats_of_the_live_run_and_of_shards(controller, shard, replay_config, capsys):
+    with ReplayClient(replay_config, [shard.url]) as client:
+        assert client.insert(_group("w:1", [0.0, 1.0])) and client.insert(_group("w:2", [1.0, 0.0]))
+    assert _cli(replay_cli.register, ["replay", "stats"]) == 0
+    via_run = capsys.readouterr().out
+    assert f"0 127.0.0.1:{shard.port}" in via_run and "total" in via_run
+    assert _cli(replay_cli.register, ["replay", "stats", "--shards", shard.url,
+                                      "--namespace", replay_config.namespace]) == 0
+    via_url = capsys.readouterr().out
+    size_column = [line for line in via_url.splitlines() if "total" in line][0].split("│")[3]
+    assert size_column.strip() == "2"
+    assert via_run == via_url
+
+
+def test_replay_stats_with_no_shard_up_is_a_clear_error(replay_config):
+    with pytest.raises(ControlError, match="none of the 1 replay shard"):
+        replay_cli.read_replay_stats(replay_config, ["redis://127.0.0.1:1"])
+
+
+def test_reconcile_workers_by_hand():
+    started, stopped = [], []
+
+    def start(index: int) -> str:
+        started.append(index)
+        return f"w{index}"
+
+    current = ["w0", "w1"]
+    assert reconcile_workers(current, 4, start, stopped.append) == ["w0", "w1", "w2", "w3"]
+    assert (started, stopped, current) == ([2, 3], [], ["w0", "w1"])  # input untouched
+    assert reconcile_workers(["w0", "w1", "w2", "w3"], 1, start, stopped.append) == ["w0"]
+    assert stopped == ["w3", "w2", "w1"]  # newest first; w0 (the evaluator) stays
+    assert reconcile_workers(["w0"], 1, start, stopped.append) == ["w0"]
+    assert (len(started), len(stopped)) == (2, 3)  # no-op: nothing started or stopped
+    with pytest.raises(ValueError, match="-1"):
+        reconcile_workers(["w0"], -1, start, stopped.append)
