@@ -79,6 +79,8 @@ def _free_port() -> int:
 
 def start_cluster(cfg: RunConfig, model_path: str, run_dir: Path, stack: ExitStack, progress: Progress) -> Cluster:
     replay_cfg = cfg.replay.model_copy(update={"namespace": run_dir.name})
+    if cfg.mode == "sync":  # on-policy: each group is trained on once, in the step after it was made
+        replay_cfg = replay_cfg.model_copy(update={"max_times_sampled": 1})
     shard_urls = list(cfg.replay.shard_urls)
     if not shard_urls:
         shards = start_local_shards(cfg.replay.num_shards, run_dir / "replay", cfg.replay.fsync,
@@ -133,11 +135,13 @@ def learner_step(cluster: Cluster) -> dict:
 
 
 def produce_on_policy(cluster: Cluster, num_groups: int) -> None:
-    """Sync mode: every worker loads the newest weights, then the workers make one batch together."""
+    """Sync mode: every worker loads the newest weights, then the workers fill the replay with one
+    batch of groups that carry a learning signal (zero-signal groups are not stored)."""
     ray.get([w.sync_weights.remote() for w in cluster.workers])
-    shares = [num_groups // len(cluster.workers) + (i < num_groups % len(cluster.workers))
-              for i in range(len(cluster.workers))]
-    ray.get([w.produce.remote(n) for w, n in zip(cluster.workers, shares) if n])
+    while (missing := num_groups - int(cluster.replay.stats().total("size"))) > 0:
+        n = len(cluster.workers)
+        shares = [missing // n + (i < missing % n) for i in range(n)]
+        ray.get([w.produce.remote(k) for w, k in zip(cluster.workers, shares) if k])
 
 
 class RolloutMeter:
