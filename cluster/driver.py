@@ -105,7 +105,7 @@ def start_cluster(cfg: RunConfig, model_path: str, run_dir: Path, stack: ExitSta
     learners = [
         RemoteLearner.options(num_cpus=1, name=f"learner-{rank}").remote(
             rank, cfg.learner.num_ranks, "127.0.0.1", port, model_path, cfg.learner, cfg.loss, replay_cfg,
-            shard_urls, channel, cfg.steps)
+            shard_urls, channel, cfg.steps, checkpoint_dir=str(run_dir / "checkpoints"))
         for rank in range(cfg.learner.num_ranks)
     ]
 
@@ -128,10 +128,17 @@ def evaluate(cluster: Cluster) -> dict:
             "eval_policy_version": sampled["policy_version"]}
 
 
+SUMMED_OVER_RANKS = ("learner_tokens_per_s", "groups")  # per-rank counts; everything else is already global
+
+
 def learner_step(cluster: Cluster) -> dict:
     per_rank = ray.get([l.train_step.remote() for l in cluster.learners])
-    return {key: sum(m[key] for m in per_rank) / len(per_rank) for key in per_rank[0]
-            if isinstance(per_rank[0][key], (int, float))}
+    merged = {}
+    for key, value in per_rank[0].items():
+        if isinstance(value, (int, float)):
+            total = sum(m[key] for m in per_rank)
+            merged[key] = total if key in SUMMED_OVER_RANKS else total / len(per_rank)
+    return merged
 
 
 def produce_on_policy(cluster: Cluster, num_groups: int) -> None:

@@ -67,6 +67,9 @@ def build_batch(samples: list[SampledGroup], advantages: list[np.ndarray], pad_i
     seq_advantages = np.concatenate(advantages).astype(np.float32)
     if len(seq_advantages) != len(trajectories):
         raise ValueError(f"{len(seq_advantages)} advantages for {len(trajectories)} trajectories")
+    empty = [t.task_id for t in trajectories if len(t.prompt_ids) == 0]
+    if empty:  # the first completion token is predicted from the last prompt token: there must be one
+        raise ValueError(f"trajectories with an empty prompt (task ids {empty})")
     lengths = [len(t.prompt_ids) + len(t.completion_ids) for t in trajectories]
     n, width = len(trajectories), max(lengths)
     input_ids = np.full((n, width), pad_id, np.int64)

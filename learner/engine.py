@@ -41,7 +41,7 @@ def deepspeed_config(cfg: LearnerConfig, world_size: int, dtype: torch.dtype) ->
         "gradient_accumulation_steps": 1,
         "train_batch_size": world_size,
         "managed_gradient_accumulation": False,
-        "gradient_clipping": cfg.optim.grad_clip,
+        "gradient_clipping": 0.0 if tidal_clips_gradients(cfg, dtype) else cfg.optim.grad_clip,
         "zero_optimization": {"stage": cfg.zero_stage},
         "zero_allow_untested_optimizer": True,  # torch AdamW: DeepSpeed's fused Adam needs CUDA
         "bf16": {"enabled": dtype == torch.bfloat16},
@@ -49,6 +49,12 @@ def deepspeed_config(cfg: LearnerConfig, world_size: int, dtype: torch.dtype) ->
         "wall_clock_breakdown": False,
     }
     return _merge(derived, cfg.deepspeed or {})
+
+
+def tidal_clips_gradients(cfg: LearnerConfig, dtype: torch.dtype) -> bool:
+    """DeepSpeed measures and reports the global gradient norm only inside its ZeRO and bf16
+    optimizers; with a plain fp32 optimizer (stage 0) Tidal clips, and measures, in a pre-step hook."""
+    return cfg.zero_stage == 0 and dtype == torch.float32
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -68,8 +74,39 @@ def lr_multiplier(step: int, warmup_steps: int, schedule: str, total_steps: int)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+class CheckpointNotFoundError(FileNotFoundError):
+    """A directory to resume from holds no loadable DeepSpeed checkpoint."""
+
+
+class ReferencePolicy:
+    """The frozen starting policy, for the KL penalty: plain torch, no optimizer state.
+    (Replicated on every rank; a model too large for that needs a sharded copy.)"""
+
+    def __init__(self, model_path: str, device: torch.device, dtype: torch.dtype) -> None:
+        from transformers import AutoModelForCausalLM
+
+        self.device = device
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device).eval()
+        self.model.requires_grad_(False)
+
+    @torch.no_grad()
+    def token_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        return _next_token_logprobs(logits, input_ids)[0]
+
+
+def _next_token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logprob of each next token and the entropy of each next-token distribution, both [N, L-1], fp32."""
+    logp_all = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    logprobs = logp_all.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logprobs, entropy
+
+
 class PolicyEngine:
-    def __init__(self, model_path: str, cfg: LearnerConfig, total_steps: int, world_size: int) -> None:
+    def __init__(self, model_path: str, cfg: LearnerConfig, total_steps: int, world_size: int,
+                 with_reference: bool = False) -> None:
         import deepspeed
         from transformers import AutoModelForCausalLM
 
@@ -86,15 +123,17 @@ class PolicyEngine:
             model=model, optimizer=optimizer, lr_scheduler=schedule,
             config=deepspeed_config(cfg, world_size, self.dtype))
         self.world_size = world_size
+        self.grad_clip = cfg.optim.grad_clip
+        self._hook_grad_norm: float | None = None
+        if tidal_clips_gradients(cfg, self.dtype):
+            optimizer.register_step_pre_hook(self._clip_reduced_gradients)
+        self.reference = ReferencePolicy(model_path, self.device, self.dtype) if with_reference else None
 
     def token_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logprob of each next token and the entropy of each next-token distribution, both [N, L-1], fp32."""
         input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
         logits = self.engine(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-        logp_all = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-        logprobs = logp_all.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-        entropy = -(logp_all.exp() * logp_all).sum(-1)
-        return logprobs, entropy
+        return _next_token_logprobs(logits, input_ids)
 
     def backward(self, loss: torch.Tensor) -> None:
         # Each rank's loss is normalised by global counts, so the right gradient is the SUM over
@@ -102,13 +141,25 @@ class PolicyEngine:
         self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
 
     def step(self) -> float:
+        """Reduce the accumulated gradients over the ranks, clip, update; returns the norm before clipping."""
+        self._hook_grad_norm = None
         self.engine.step()
-        norm = self.engine.get_global_grad_norm()
+        norm = self._hook_grad_norm if self._hook_grad_norm is not None else self.engine.get_global_grad_norm()
         return float(norm) if norm is not None else float("nan")
 
-    def skip_step(self) -> None:
-        """Drop the accumulated gradients of a step whose loss was not finite."""
-        self.engine.zero_grad()
+    def _clip_reduced_gradients(self, optimizer: torch.optim.Optimizer, args, kwargs) -> None:
+        # Runs inside engine.step() after DeepSpeed's all-reduce: the gradients are the global ones.
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        max_norm = self.grad_clip if self.grad_clip > 0 else math.inf
+        self._hook_grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+    def backward_padding(self) -> None:
+        """A backward of zero gradient through every parameter. Under ZeRO-2 each backward is a
+        collective (gradients are reduce-scattered per backward), so a rank with fewer
+        micro-batches than the others calls this to keep the collectives matched."""
+        ids = torch.zeros(1, 2, dtype=torch.long, device=self.device)
+        logits = self.engine(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits
+        self.engine.backward(logits.float().sum() * 0.0, scale_wrt_gas=False)
 
     @property
     def lr(self) -> float:
@@ -125,12 +176,17 @@ class PolicyEngine:
             return {name: p.detach().to("cpu", torch.float32).clone() for name, p in params}
 
     def save_checkpoint(self, directory: Path, client_state: dict[str, Any]) -> None:
+        """Model, optimizer, LR scheduler and step under `directory/global_step<N>`; `latest` names it.
+        Collective: every rank calls it (each writes its own ZeRO partition)."""
         self.engine.save_checkpoint(str(directory), client_state=client_state)
 
     def load_checkpoint(self, directory: Path) -> dict[str, Any]:
+        """Restore the checkpoint that `directory/latest` names; returns its client state."""
+        if not (directory / "latest").is_file():
+            raise CheckpointNotFoundError(f"no DeepSpeed checkpoint under {directory} (no 'latest' file)")
         path, client_state = self.engine.load_checkpoint(str(directory))
         if path is None:
-            raise FileNotFoundError(f"no DeepSpeed checkpoint under {directory}")
+            raise CheckpointNotFoundError(f"DeepSpeed could not load the checkpoint under {directory}")
         return client_state
 
     def export_hf(self, directory: Path, tokenizer_path: str) -> None:

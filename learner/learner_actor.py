@@ -3,6 +3,10 @@
 The driver calls `train_step()` on every rank once per update; each rank samples its share of
 the global batch independently (like data-parallel loaders), the ranks meet in the gradient
 reduction, and rank 0 publishes the new weights to the weight channel.
+
+Resuming a run: build the learners as for a new run, call `load_checkpoint(CHECKPOINT_DIR)` on
+every rank (it returns the restored policy version), then `publish()` on every rank so that the
+rollout workers start from the restored weights under that version.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ class NonFiniteLossError(RuntimeError):
 class Learner:
     def __init__(self, rank: int, world_size: int, master_addr: str, master_port: int, model_path: str,
                  cfg: LearnerConfig, loss_cfg: PolicyLossConfig, replay_cfg: ReplayConfig,
-                 shard_urls: list[str], channel, total_steps: int, priority_decay: float = 0.5) -> None:
+                 shard_urls: list[str], channel, total_steps: int, priority_decay: float = 0.5,
+                 checkpoint_dir: str | None = None) -> None:
         from transformers import AutoTokenizer
 
         torch.set_num_threads(1)
@@ -41,11 +46,12 @@ class Learner:
         self.rank, self.world_size = rank, world_size
         self.cfg, self.loss_cfg = cfg, loss_cfg
         self.model_path = model_path
-        self.engine = PolicyEngine(model_path, cfg, total_steps, world_size)
+        self.engine = PolicyEngine(model_path, cfg, total_steps, world_size, with_reference=loss_cfg.needs_reference)
         self.pad_id = AutoTokenizer.from_pretrained(model_path).pad_token_id
         self.replay = ReplayClient(replay_cfg, shard_urls)
         self.channel = channel
         self.priority_decay = priority_decay
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.version = 0
         self.bad_steps = 0
 
@@ -54,27 +60,42 @@ class Learner:
         return share + (self.rank < extra)
 
     def train_step(self) -> dict:
+        """Sample this rank's share of the batch, train one update on it (collective over the ranks)."""
         started = time.time()
         samples = self.replay.sample(self.groups_for_this_rank(), learner_version=self.version,
                                      timeout=self.cfg.sample_timeout_s)
-        sampled_at = time.time()
+        return self.train_on(samples) | {"sample_wait_s": time.time() - started}
+
+    def train_on(self, samples: list[SampledGroup]) -> dict:
+        """One update on the given groups; a skipped step (non-finite loss) leaves the weights as they were."""
+        started = time.time()
         batch = self._batch(samples)
         batch_metrics = self._batch_metrics(samples, batch)
         metrics, applied = train_step(self.engine, batch, self.loss_cfg, self.cfg.micro_batch_tokens)
         if applied:
-            self.bad_steps = 0
-            self.version += 1
-            self.publish()
-            self.replay.update_priorities({s.group.group_id: s.group.priority * self.priority_decay for s in samples})
+            self._after_update(samples)
         else:
-            self.bad_steps += 1
-            log.warning("step skipped: non-finite loss (%d in a row)", self.bad_steps)
-            if self.bad_steps >= self.cfg.max_bad_steps:
-                raise NonFiniteLossError(f"{self.bad_steps} consecutive steps had a non-finite loss; stopping")
+            self._after_skip()
         elapsed = time.time() - started
-        return {**metrics, **batch_metrics, "step_applied": float(applied),
-                "policy_version": self.version, "lr": self.engine.lr, "sample_wait_s": sampled_at - started,
-                "learner_tokens_per_s": int(batch.attention_mask.sum()) / max(elapsed, 1e-9)}
+        return {**metrics, **batch_metrics, "step_applied": float(applied), "policy_version": self.version,
+                "lr": self.engine.lr, "learner_tokens_per_s": int(batch.attention_mask.sum()) / max(elapsed, 1e-9)}
+
+    def _after_update(self, samples: list[SampledGroup]) -> None:
+        self.bad_steps = 0
+        self.version += 1
+        self.publish()
+        self.replay.update_priorities({s.group.group_id: s.group.priority * self.priority_decay for s in samples})
+        every = self.cfg.checkpoint_every
+        if self.checkpoint_dir is not None and every and self.version % every == 0:
+            self.save_checkpoint(str(self.checkpoint_dir))
+
+    def _after_skip(self) -> None:
+        self.bad_steps += 1
+        log.warning("step skipped at policy version %d: non-finite loss (%d in a row, limit %d)",
+                    self.version, self.bad_steps, self.cfg.max_bad_steps)
+        if self.bad_steps >= self.cfg.max_bad_steps:
+            raise NonFiniteLossError(f"{self.bad_steps} consecutive steps had a non-finite loss "
+                                     f"(max_bad_steps={self.cfg.max_bad_steps}); stopping")
 
     def _batch(self, samples: list[SampledGroup]) -> TrainBatch:
         # Prioritized sampling is corrected by the importance weight, applied to the advantage.
@@ -107,10 +128,13 @@ class Learner:
             return out
 
     def save_checkpoint(self, directory: str) -> None:
+        """DeepSpeed state plus the policy version; collective: call it on every rank."""
         self.engine.save_checkpoint(Path(directory), {"policy_version": self.version})
 
     def load_checkpoint(self, directory: str) -> int:
+        """Restore the latest checkpoint under `directory` (every rank); returns its policy version."""
         self.version = int(self.engine.load_checkpoint(Path(directory))["policy_version"])
+        self.bad_steps = 0
         return self.version
 
     def export_hf(self, directory: str) -> None:

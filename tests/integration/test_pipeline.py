@@ -30,7 +30,7 @@ def run(tmp_path_factory):
         "name": "pipeline-test", "run_root": str(root / "runs"), "steps": STEPS,
         "env": {"name": "first_digit", "params": {"targets": "12"}},
         "rollout": {"num_workers": 2, "groups_per_round": 4, "group_size": 8, "max_new_tokens": 4},
-        "learner": {"groups_per_step": 8, "optim": {"lr": 2e-3}},
+        "learner": {"groups_per_step": 8, "optim": {"lr": 2e-3}, "checkpoint_every": 5},
         "replay": {"max_times_sampled": 1},
         "ray": {"include_dashboard": False, "num_cpus": 6},
     })
@@ -50,7 +50,7 @@ def run(tmp_path_factory):
         probe = ray.get(cluster.workers[0].probe.remote(6))
         recomputed = ray.get(cluster.learners[0].recompute_logprobs.remote([p["token_ids"] for p in probe]))
         learner_version = records[-1]["policy_version"]
-        yield {"records": records, "versions_seen": versions_seen, "worker_stats": worker_stats,
+        yield {"run_dir": run_dir, "records": records, "versions_seen": versions_seen, "worker_stats": worker_stats,
                "probe": probe, "recomputed": recomputed, "learner_version": learner_version,
                "eval": evaluate(cluster)}
 
@@ -81,3 +81,8 @@ def test_reward_goes_up_on_a_trivially_learnable_env(run):
     rewards = [r["reward_mean"] for r in run["records"]]
     first, last = np.mean(rewards[:3]), np.mean(rewards[-3:])
     assert last > first + 0.15, f"reward did not rise: first steps {rewards[:3]}, last steps {rewards[-3:]}"
+
+
+def test_learner_checkpoints_every_k_steps(run):
+    tags = sorted(p.name for p in (run["run_dir"] / "checkpoints").iterdir() if p.is_dir())
+    assert tags == ["global_step10", "global_step5"]

@@ -1,0 +1,110 @@
+"""One optimizer update under DeepSpeed (one rank, gloo): the metrics it reports, and the
+non-finite-loss guard (the step is skipped without touching any state; the Learner stops after
+`max_bad_steps` in a row)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+from buffer import Group, ReplayClient, ReplayConfig, SampledGroup, Trajectory, start_local_shards, stop_local_shards
+from learner.batch import build_batch
+from learner.config import LearnerConfig
+from learner.engine import PolicyEngine
+from learner.learner_actor import Learner, NonFiniteLossError
+from learner.loss_config import BAPOConfig, CorrectionConfig, KLConfig, PolicyLossConfig
+from learner.step import train_step
+
+CFG = LearnerConfig(zero_stage=2, dtype="float32", groups_per_step=2, max_bad_steps=2, micro_batch_tokens=32)
+LOSS = PolicyLossConfig(objective=BAPOConfig(), correction=CorrectionConfig(mode="tis"), kl=KLConfig(coef=0.05))
+
+
+def _group(group_id: str, behavior: float, rewards=(1.0, 0.0, 1.0)) -> Group:
+    rng = np.random.default_rng(zlib.crc32(group_id.encode()))
+    trajectories = [Trajectory(prompt_ids=rng.integers(4, 18, 3), completion_ids=rng.integers(4, 18, 5),
+                               loss_mask=np.ones(5), behavior_logprobs=np.full(5, behavior),
+                               policy_versions=np.zeros(5), reward=r) for r in rewards]
+    return Group(group_id, "t", "c", time.time(), trajectories)
+
+
+def _batch(behavior: float):
+    samples = [SampledGroup(_group(f"w:{i}", behavior), 1.0, 1.0, 1, 0) for i in range(2)]
+    return build_batch(samples, [s.group.rewards - s.group.rewards.mean() for s in samples], pad_id=0)
+
+
+@pytest.fixture
+def engine(tiny_model, single_rank):
+    return PolicyEngine(tiny_model, CFG, total_steps=10, world_size=1, with_reference=True)
+
+
+def test_a_step_reports_the_loss_metrics_and_moves_the_weights(engine):
+    before = engine.named_weights()
+    metrics, applied = train_step(engine, _batch(-2.9), LOSS, CFG.micro_batch_tokens)
+    assert applied
+    for key in ["loss", "entropy", "clip_frac_low", "clip_frac_high", "c_low", "c_high", "bapo_rho",
+                "pos_grad_share", "neg_grad_share", "kl", "tis_weight_mean", "tis_frac_capped",
+                "logprob_mismatch", "grad_norm"]:
+        assert np.isfinite(metrics[key]), key
+    assert metrics["pos_grad_share"] + metrics["neg_grad_share"] == pytest.approx(1.0)
+    assert metrics["kl"] == pytest.approx(0.0, abs=1e-9)  # first step: the policy IS the reference
+    assert 0.0 < metrics["grad_norm"] and 0.0 <= metrics["clip_frac_low"] <= 1.0
+    after = engine.named_weights()
+    assert any(not torch.equal(before[name], after[name]) for name in before)
+
+
+def test_a_nan_loss_skips_the_step_and_leaves_no_trace(tiny_model, engine):
+    before = engine.named_weights()
+    metrics, applied = train_step(engine, _batch(float("nan")), LOSS, CFG.micro_batch_tokens)
+    assert not applied and np.isnan(metrics["loss"]) and np.isnan(metrics["grad_norm"])
+    after = engine.named_weights()
+    assert all(torch.equal(before[name], after[name]) for name in before)
+    assert engine.engine.global_steps == 0 and engine.lr == CFG.optim.lr
+    # The next finite step is exactly the first step of a fresh engine: no gradient, optimizer or
+    # scheduler state leaked from the skipped one.
+    metrics, applied = train_step(engine, _batch(-2.9), LOSS, CFG.micro_batch_tokens)
+    fresh = PolicyEngine(tiny_model, CFG, total_steps=10, world_size=1, with_reference=True)
+    fresh_metrics, _ = train_step(fresh, _batch(-2.9), LOSS, CFG.micro_batch_tokens)
+    assert applied and metrics["grad_norm"] == pytest.approx(fresh_metrics["grad_norm"], rel=1e-6)
+    expected = fresh.named_weights()
+    for name, weight in engine.named_weights().items():
+        torch.testing.assert_close(weight, expected[name], rtol=0, atol=1e-7)
+
+
+def test_stage_0_reports_the_same_gradient_norm_as_zero_2(tiny_model, single_rank):
+    """At stage 0 DeepSpeed does not measure the norm; Tidal's pre-step hook does (before clipping)."""
+    norms = []
+    for stage in (0, 2):
+        engine = PolicyEngine(tiny_model, CFG.model_copy(update={"zero_stage": stage}), 10, 1)
+        norms.append(train_step(engine, _batch(-2.9), PolicyLossConfig(), CFG.micro_batch_tokens)[0]["grad_norm"])
+    assert norms[0] > CFG.optim.grad_clip  # clipping is active, and the norm reported is the one before it
+    assert norms[0] == pytest.approx(norms[1], rel=1e-6)
+
+
+@pytest.fixture
+def replay(tmp_path):
+    shards = start_local_shards(1, tmp_path / "redis")
+    config = ReplayConfig(namespace=f"test-{uuid.uuid4().hex[:8]}", num_shards=1, max_staleness=100)
+    yield config, [s.url for s in shards]
+    stop_local_shards(shards)
+
+
+def test_the_learner_stops_after_max_bad_steps_non_finite_losses_in_a_row(tiny_model, single_rank, replay, caplog):
+    config, urls = replay
+    producer = ReplayClient(config, urls)
+    for i in range(4):
+        producer.insert(_group(f"w:{i}", float("nan")))
+    learner = Learner(0, 1, "127.0.0.1", 0, tiny_model, CFG, LOSS, config, urls, channel=None, total_steps=10)
+    before = learner.engine.named_weights()
+    first = learner.train_step()
+    assert first["step_applied"] == 0.0 and first["policy_version"] == 0 and np.isnan(first["loss"])
+    assert "non-finite loss (1 in a row, limit 2)" in caplog.text
+    with pytest.raises(NonFiniteLossError, match="2 consecutive steps"):
+        learner.train_step()
+    after = learner.engine.named_weights()
+    assert all(torch.equal(before[name], after[name]) for name in before)
+    producer.close()
