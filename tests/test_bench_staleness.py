@@ -1,0 +1,82 @@
+"""The staleness benchmark's pure helpers: curve extraction, summary, and the per-method configs."""
+
+from __future__ import annotations
+
+import runpy
+from pathlib import Path
+
+import pytest
+
+STALENESS = runpy.run_path(str(Path(__file__).resolve().parent.parent / "bench" / "staleness.py"))
+
+RECORDS = [  # as cluster.metrics.read_metrics returns them: evaluation at step 0, then learner steps
+    {"step": 0, "wall_s": 1.0, "policy_version": 0, "eval_accuracy": 0.25, "eval_accuracy_greedy": 0.5},
+    {"step": 1, "wall_s": 2.0, "reward_mean": 0.3, "entropy": 0.9, "staleness_mean": 0.0, "c_low": 0.6,
+     "c_high": 1.2, "bapo_rho": 0.45},
+    {"step": 2, "wall_s": 3.0, "reward_mean": 0.4, "entropy": 0.5, "staleness_mean": 2.0, "c_low": 0.6,
+     "c_high": 1.25, "bapo_rho": 0.40, "eval_accuracy": 0.5, "eval_accuracy_greedy": 0.75},
+    {"step": 3, "wall_s": 4.0, "reward_mean": 0.5, "entropy": 0.7, "staleness_mean": 4.0, "c_low": 0.62,
+     "c_high": 3.0, "bapo_rho": 0.38},
+    {"step": 4, "wall_s": 5.0, "reward_mean": 0.6, "entropy": 0.6, "staleness_mean": 6.0, "c_low": 0.6,
+     "c_high": 1.2, "bapo_rho": 0.5, "eval_accuracy": 0.625, "eval_accuracy_greedy": 0.875},
+]
+
+
+def test_extract_curves_splits_training_steps_from_evaluations():
+    curves = STALENESS["extract_curves"](RECORDS)
+    assert curves["train"]["step"] == [1, 2, 3, 4]
+    assert curves["train"]["entropy"] == [0.9, 0.5, 0.7, 0.6]
+    assert curves["train"]["c_high"] == [1.2, 1.25, 3.0, 1.2]
+    assert curves["eval"]["step"] == [0, 2, 4]
+    assert curves["eval"]["eval_accuracy"] == [0.25, 0.5, 0.625]
+    assert curves["eval"]["wall_s"] == [1.0, 3.0, 5.0]
+
+
+def test_extract_curves_keeps_columns_aligned_when_a_key_is_missing():
+    fixed_clip = [{k: v for k, v in r.items() if k != "bapo_rho"} for r in RECORDS]
+    curves = STALENESS["extract_curves"](fixed_clip)
+    assert curves["train"]["bapo_rho"] == [None, None, None, None]
+    assert len(curves["train"]["bapo_rho"]) == len(curves["train"]["step"])
+
+
+def test_summarize_by_hand():
+    summary = STALENESS["summarize"](STALENESS["extract_curves"](RECORDS))
+    assert summary["initial_eval_accuracy"] == 0.25
+    assert summary["final_eval_accuracy"] == 0.625
+    assert summary["final_eval_accuracy_greedy"] == 0.875
+    assert summary["late_eval_accuracy_mean"] == 0.625  # the last third of 3 evaluations: the last one
+    assert summary["min_entropy"] == 0.5  # step 2, not the last step
+    assert summary["final_entropy"] == 0.6
+    assert summary["staleness_mean"] == pytest.approx((0 + 2 + 4 + 6) / 4)
+    assert summary["staleness_mean_second_half"] == pytest.approx((4 + 6) / 2)
+    assert summary["steps"] == 4
+    assert summary["wall_s"] == 5.0
+
+
+def test_summarize_rejects_a_run_without_evaluations():
+    without_eval = [{k: v for k, v in r.items() if not k.startswith("eval_")} for r in RECORDS]
+    with pytest.raises(ValueError, match="0 evaluations"):
+        STALENESS["summarize"](STALENESS["extract_curves"](without_eval))
+
+
+def test_methods_differ_only_in_the_objective_and_validate():
+    from cluster.config import load_config
+
+    configs = {label: load_config(None, STALENESS["run_overrides"]("m", objective, 7, 3, 5e-4, 5, Path("/tmp/x")))
+               for label, objective in STALENESS["METHODS"].items()}
+    bounds = {label: cfg.loss.objective.fixed_bounds() for label, cfg in configs.items()}
+    assert bounds["fixed [0.8, 1.2]"] == pytest.approx((0.8, 1.2))
+    assert bounds["clip-higher [0.8, 1.28]"] == pytest.approx((0.8, 1.28))
+    assert configs["BAPO"].loss.objective.name == "bapo"
+    dumps = [cfg.model_dump(exclude={"loss"}) for cfg in configs.values()]
+    assert all(d == dumps[0] for d in dumps)  # same seed, steps, lr, replay and rollout settings
+    cfg = configs["BAPO"]
+    assert (cfg.steps, cfg.seed, cfg.learner.seed, cfg.learner.optim.lr) == (7, 3, 3, 5e-4)
+    assert (cfg.replay.selector, cfg.replay.max_times_sampled) == ("fifo", 2)
+    assert cfg.ray.include_dashboard is False
+
+
+def test_quick_flag_shrinks_the_run():
+    args = STALENESS["parse_args"](["--quick"])
+    assert args.quick and args.steps < 20
+    assert STALENESS["parse_args"](["--steps", "33"]).steps == 33
