@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
-import runpy
 import sys
 from pathlib import Path
 
@@ -26,10 +26,11 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    script = BENCH_DIR / f"{args.name}.py"
-    if not script.is_file():
-        raise ConfigError(f"no benchmark {args.name!r} in {BENCH_DIR}")
-    return int(runpy.run_path(str(script))["main"](args.rest) or 0)
+    # Imported as the module bench.<name> (not run from a path) so that the benchmark's worker
+    # processes can find its functions by name.
+    sys.path.insert(0, str(BENCH_DIR.parent))
+    module = importlib.import_module(f"bench.{args.name}")
+    return int(module.main(args.rest) or 0)
 
 
 def build_parser() -> argparse.ArgumentParser:

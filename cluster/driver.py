@@ -7,6 +7,7 @@ Top to bottom: set up, evaluate the starting policy, train (async or sync), eval
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 import time
 from contextlib import ExitStack
@@ -32,7 +33,7 @@ from learner.learner_actor import RemoteLearner
 log = logging.getLogger(__name__)
 
 ACTOR_ENV = {  # quiet, single-threaded actors: the cores are shared by every process of the run
-    "VLLM_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
+    "VLLM_LOGGING_LEVEL": "ERROR", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
     "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
 }
 
@@ -71,6 +72,10 @@ def resolve_model(cfg: RunConfig, progress: Progress) -> str:
     return str(path)
 
 
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -93,6 +98,9 @@ def start_cluster(cfg: RunConfig, model_path: str, run_dir: Path, stack: ExitSta
                        include_dashboard=cfg.ray.include_dashboard, runtime_env={"env_vars": ACTOR_ENV},
                        logging_level=logging.WARNING)
     stack.callback(ray.shutdown)
+    # After ray.init, which installs a SIGTERM handler that aborts the process: a run stopped with
+    # SIGTERM (a job manager, `timeout`, `kill`) must unwind this stack like Ctrl-C does.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     if context.dashboard_url:
         progress.note(f"Ray dashboard: http://{context.dashboard_url}")
 
@@ -189,10 +197,12 @@ def train_loop(cfg: RunConfig, cluster: Cluster, writer: MetricsWriter, progress
         if cfg.eval.every and (step % cfg.eval.every == 0 or step == cfg.steps):
             record.update(evaluate(cluster))
             progress.evaluated(step, record)
+        replay = cluster.replay.stats().to_dict()
+        record.update({k: v for k, v in replay.items() if k.count("/") == 1})  # service totals, not per shard
         record["wall_s"] = time.time() - started
         writer.write(record)
         progress.stepped(record)
-        cluster.controller.report.remote(record, len(cluster.workers), cluster.replay.stats().to_dict())
+        cluster.controller.report.remote(record, len(cluster.workers), replay)
         rescale(cfg, cluster, meter, progress)
     _check_worker_loops(cluster)
 

@@ -32,6 +32,9 @@ class Progress:
 
     def stepped(self, record: dict) -> None:
         text = (f"reward {record.get('reward_mean', float('nan')):.2f}  {self._eval}  "
+                f"loss {record.get('loss', float('nan')):+.3f}  ent {record.get('entropy', float('nan')):.2f}  "
+                f"clip {record.get('clip_frac_low', 0) + record.get('clip_frac_high', 0):.2f}  "
+                f"c_high {record.get('c_high', float('nan')):.2f}  "
                 f"stale {record.get('staleness_mean', 0):.1f}  "
                 f"rollout {record.get('rollout_tokens_per_s', 0):.0f} tok/s  "
                 f"learner {record.get('learner_tokens_per_s', 0):.0f} tok/s")
