@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from learner.loss_config import SelfImitationConfig
+
 
 class OptimConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -48,6 +50,10 @@ class LearnerConfig(BaseModel):
     checkpoint_every: int = Field(0, ge=0)
     """Save DeepSpeed state every this many steps (0: only at the end)."""
     sample_timeout_s: float = Field(300.0, gt=0)
+    self_imitation: SelfImitationConfig | None = None
+    """SPEAR self-imitation on replayed positive-advantage trajectories; None turns it off."""
+    self_imitation_samples: int = Field(16, ge=1)
+    """Replayed trajectories per rank and step (used only when `self_imitation` is set)."""
     seed: int = 0
 
     @field_validator("deepspeed")

@@ -19,13 +19,14 @@ import numpy as np
 import ray
 import torch
 
-from buffer import ReplayClient, ReplayConfig, SampledGroup
+from buffer import Group, ReplayClient, ReplayConfig, SampledGroup, Trajectory
 from learner.advantages import compute_advantages
 from learner.batch import TrainBatch, build_batch
 from learner.config import LearnerConfig
 from learner.engine import PolicyEngine, init_process_group
 from learner.loss_config import PolicyLossConfig
-from learner.step import train_step
+from learner.self_imitation import SelfImitationBuffer, imitation_weight
+from learner.step import SelfImitationReplay, train_step
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,10 @@ class Learner:
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.version = 0
         self.bad_steps = 0
+        si_cfg = cfg.self_imitation
+        self.imitation: SelfImitationBuffer[Trajectory] | None = SelfImitationBuffer(si_cfg) if si_cfg else None
+        self.imitation_rng = np.random.default_rng([cfg.seed, rank])
+        self.imitation_generator = torch.Generator().manual_seed(int(self.imitation_rng.integers(2**62)))
 
     def groups_for_this_rank(self) -> int:
         share, extra = divmod(self.cfg.groups_per_step, self.world_size)
@@ -71,14 +76,43 @@ class Learner:
         started = time.time()
         batch = self._batch(samples)
         batch_metrics = self._batch_metrics(samples, batch)
-        metrics, applied = train_step(self.engine, batch, self.loss_cfg, self.cfg.micro_batch_tokens)
+        replay = self._self_imitation_replay()
+        metrics, applied = train_step(self.engine, batch, self.loss_cfg, self.cfg.micro_batch_tokens, replay=replay)
         if applied:
+            self._remember_good_trajectories(samples)
             self._after_update(samples)
         else:
             self._after_skip()
         elapsed = time.time() - started
-        return {**metrics, **batch_metrics, "step_applied": float(applied), "policy_version": self.version,
+        return {**metrics, **batch_metrics, **self._self_imitation_metrics(replay),
+                "step_applied": float(applied), "policy_version": self.version,
                 "lr": self.engine.lr, "learner_tokens_per_s": int(batch.attention_mask.sum()) / max(elapsed, 1e-9)}
+
+    def _self_imitation_replay(self) -> SelfImitationReplay | None:
+        """This step's replayed trajectories, advantages recalibrated (None when self-imitation is off)."""
+        if self.imitation is None:
+            return None
+        entries = self.imitation.sample(self.cfg.self_imitation_samples, self.version, self.imitation_rng)
+        batch = None
+        if entries:
+            replayed = Group("self-imitation:replay", "", "", time.time(), [e.trajectory for e in entries])
+            advantages = np.array([e.advantage for e in entries])
+            batch = build_batch([SampledGroup(replayed, 1.0, 1.0, 0, 0)], [advantages], self.pad_id)
+        return SelfImitationReplay(batch, self.cfg.self_imitation, self.version, self.imitation_generator)
+
+    def _remember_good_trajectories(self, samples: list[SampledGroup]) -> None:
+        """SPEAR: A = R - median of recent group-mean rewards (this batch's included); A > 0 are kept."""
+        if self.imitation is None:
+            return
+        self.imitation.observe_groups(s.group.rewards for s in samples)
+        baseline = self.imitation.baseline()
+        for s in samples:
+            self.imitation.add(s.group.trajectories, s.group.rewards - baseline, s.group.max_policy_version)
+
+    def _self_imitation_metrics(self, replay: SelfImitationReplay | None) -> dict:
+        if replay is None:
+            return {}
+        return {"sil/weight": imitation_weight(replay.step, replay.cfg), "sil/buffer_size": len(self.imitation)}
 
     def _after_update(self, samples: list[SampledGroup]) -> None:
         self.bad_steps = 0

@@ -8,22 +8,32 @@
 3. micro-batches packed by a token budget: forward, loss normalised by GLOBAL counts, backward;
    every rank runs the same number of backwards (ZeRO-2 reduces gradients in each one), then
    `step()` reduces the rest and updates.
+
+Self-imitation (SPEAR), when given, adds the replayed trajectories as extra micro-batches of the
+same update, with their own normalisers and loss, before the ranks agree on the backward count
+and on finiteness: the invariants above then cover them unchanged.
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.distributed as dist
 
 from learner.batch import TrainBatch
 from learner.engine import PolicyEngine
-from learner.loss_config import PolicyLossConfig
+from learner.loss_config import PolicyLossConfig, SelfImitationConfig
 from learner.losses import (LossInputs, Normalizers, StepState, compute_normalizers, finalize_metrics, policy_loss,
                             prepare_step)
+from learner.self_imitation import self_imitation_loss
+
+# Reported by every rank whenever self-imitation is on, so that all ranks reduce the same keys.
+SELF_IMITATION_KEYS = ("sil/loss", "sil/num_replayed")
 
 
 @dataclass
@@ -35,6 +45,27 @@ class FixedLogprobs:
     reference: torch.Tensor | None
 
 
+@dataclass
+class SelfImitationReplay:
+    """This rank's replayed trajectories for one update (the advantages: the recalibrated ones)."""
+
+    batch: TrainBatch | None  # None: nothing to replay on this rank (other ranks may have some)
+    cfg: SelfImitationConfig
+    step: int  # t of the weight schedule
+    generator: torch.Generator  # Clip-Cov's random choice on the replayed tokens
+
+
+# (logprobs, entropy) of one micro-batch at the current weights -> (loss, additive metrics)
+LossFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
+
+
+@dataclass
+class MicroBatchWork:
+    batch: TrainBatch
+    fixed: FixedLogprobs
+    loss: LossFn
+
+
 def _all_ranks(values: list[float], op: str) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64)
     if dist.is_available() and dist.is_initialized():
@@ -43,11 +74,13 @@ def _all_ranks(values: list[float], op: str) -> list[float]:
 
 
 @torch.no_grad()
-def fixed_logprobs(engine: PolicyEngine, micro_batches: list[TrainBatch]) -> list[FixedLogprobs]:
+def fixed_logprobs(engine: PolicyEngine, micro_batches: list[TrainBatch],
+                   with_reference: bool = True) -> list[FixedLogprobs]:
     fixed = []
     for mb in micro_batches:
         proximal, entropy = engine.token_logprobs(mb.input_ids, mb.attention_mask)
-        reference = engine.reference.token_logprobs(mb.input_ids, mb.attention_mask) if engine.reference else None
+        use_reference = with_reference and engine.reference is not None
+        reference = engine.reference.token_logprobs(mb.input_ids, mb.attention_mask) if use_reference else None
         fixed.append(FixedLogprobs(proximal=proximal, entropy=entropy, reference=reference))
     return fixed
 
@@ -68,13 +101,44 @@ def _step_state(cfg: PolicyLossConfig, micro_batches: list[TrainBatch], fixed: l
                         generator=generator)
 
 
-def _loss(logprobs: torch.Tensor, entropy: torch.Tensor, mb: TrainBatch, fixed: FixedLogprobs,
-          norm: Normalizers, state: StepState, cfg: PolicyLossConfig) -> tuple[torch.Tensor, dict[str, float]]:
+def _inputs(logprobs: torch.Tensor, mb: TrainBatch, **extra) -> LossInputs:
     device = logprobs.device
-    inputs = LossInputs(logprobs=logprobs, behavior_logprobs=mb.behavior_logprobs.to(device),
-                        advantages=mb.advantages.to(device), mask=mb.loss_mask.to(device),
-                        proximal_logprobs=fixed.proximal, ref_logprobs=fixed.reference, entropy=entropy)
+    return LossInputs(logprobs=logprobs, behavior_logprobs=mb.behavior_logprobs.to(device),
+                      advantages=mb.advantages.to(device), mask=mb.loss_mask.to(device), **extra)
+
+
+def _policy_loss(logprobs: torch.Tensor, entropy: torch.Tensor, mb: TrainBatch, fixed: FixedLogprobs,
+                 norm: Normalizers, state: StepState, cfg: PolicyLossConfig) -> tuple[torch.Tensor, dict[str, float]]:
+    inputs = _inputs(logprobs, mb, proximal_logprobs=fixed.proximal, ref_logprobs=fixed.reference, entropy=entropy)
     return policy_loss(inputs, norm, state, cfg)
+
+
+def _replay_loss(logprobs: torch.Tensor, entropy: torch.Tensor, mb: TrainBatch, norm: Normalizers,
+                 replay: SelfImitationReplay) -> tuple[torch.Tensor, dict[str, float]]:
+    loss, _ = self_imitation_loss(_inputs(logprobs, mb), norm, replay.step, replay.cfg, replay.generator)
+    return loss, {"sil/loss": float(loss.detach()), "sil/num_replayed": float(mb.num_rows)}
+
+
+def _replay_normalizers(micro_batches: list[TrainBatch]) -> Normalizers | None:
+    """Normalisers of the replayed part over all ranks; None when no rank replays a token.
+    Collective (unlike `compute_normalizers`, it accepts a rank with nothing to replay)."""
+    lengths = [float(n) for mb in micro_batches for n in mb.loss_mask.sum(-1).tolist()]
+    tokens, sequences = _all_ranks([sum(lengths), float(sum(n > 0 for n in lengths))], "sum")
+    (longest,) = _all_ranks([max(lengths, default=0.0)], "max")
+    return Normalizers(tokens, sequences, int(longest)) if tokens > 0 else None
+
+
+def _replay_work(engine: PolicyEngine, replay: SelfImitationReplay | None,
+                 micro_batch_tokens: int) -> list[MicroBatchWork]:
+    if replay is None:
+        return []
+    micro_batches = replay.batch.micro_batches(micro_batch_tokens) if replay.batch is not None else []
+    norm = _replay_normalizers(micro_batches)
+    if norm is None:
+        return []
+    fixed = fixed_logprobs(engine, micro_batches, with_reference=False)
+    return [MicroBatchWork(mb, f, partial(_replay_loss, mb=mb, norm=norm, replay=replay))
+            for mb, f in zip(micro_batches, fixed)]
 
 
 def _summed_over_ranks(summed: dict[str, float]) -> dict[str, float]:
@@ -83,49 +147,57 @@ def _summed_over_ranks(summed: dict[str, float]) -> dict[str, float]:
 
 
 @torch.no_grad()
-def _losses_before_update(micro_batches: list[TrainBatch], fixed: list[FixedLogprobs], norm: Normalizers,
-                          state: StepState, cfg: PolicyLossConfig) -> tuple[dict[str, float], bool]:
+def _losses_before_update(work: list[MicroBatchWork], summed: dict[str, float]) -> tuple[dict[str, float], bool]:
     """Summed metrics and whether every loss is finite, at the current weights (no graph)."""
-    summed: dict[str, float] = defaultdict(float)
+    summed = defaultdict(float, summed)
     finite = True
-    for mb, f in zip(micro_batches, fixed):
-        loss, metrics = _loss(f.proximal, f.entropy, mb, f, norm, state, cfg)
+    for w in work:
+        loss, metrics = w.loss(w.fixed.proximal, w.fixed.entropy)
         finite = finite and math.isfinite(float(loss))
         for key, value in metrics.items():
             summed[key] += value
     return summed, finite
 
 
-def _accumulate_gradients(engine: PolicyEngine, micro_batches: list[TrainBatch], fixed: list[FixedLogprobs],
-                          norm: Normalizers, state: StepState, cfg: PolicyLossConfig,
-                          num_backwards: int) -> dict[str, float]:
-    summed: dict[str, float] = defaultdict(float)
-    for mb, f in zip(micro_batches, fixed):
-        logprobs, entropy = engine.token_logprobs(mb.input_ids, mb.attention_mask)
-        loss, metrics = _loss(logprobs, entropy, mb, f, norm, state, cfg)
+def _accumulate_gradients(engine: PolicyEngine, work: list[MicroBatchWork], num_backwards: int,
+                          summed: dict[str, float]) -> dict[str, float]:
+    summed = defaultdict(float, summed)
+    for w in work:
+        logprobs, entropy = engine.token_logprobs(w.batch.input_ids, w.batch.attention_mask)
+        loss, metrics = w.loss(logprobs, entropy)
         engine.backward(loss)
         for key, value in metrics.items():
             summed[key] += value
-    for _ in range(num_backwards - len(micro_batches)):
+    for _ in range(num_backwards - len(work)):
         engine.backward_padding()
     return summed
 
 
+def _finished(summed: dict[str, float], extra: dict[str, float], grad_norm: float) -> dict[str, float]:
+    metrics = _summed_over_ranks(summed) | extra
+    loss = metrics["loss/total"] + metrics.get("sil/loss", 0.0)  # what the update minimises
+    return metrics | {"loss": loss, "grad_norm": grad_norm}
+
+
 def train_step(engine: PolicyEngine, batch: TrainBatch, cfg: PolicyLossConfig, micro_batch_tokens: int,
-               generator: torch.Generator | None = None) -> tuple[dict[str, float], bool]:
+               generator: torch.Generator | None = None,
+               replay: SelfImitationReplay | None = None) -> tuple[dict[str, float], bool]:
     """Returns (metrics, applied); metrics are summed over micro-batches and ranks, then finalised.
-    Collective: every rank of the process group calls it once per update."""
+    Collective: every rank of the process group calls it once per update, all with a replay or
+    all without."""
     micro_batches = batch.micro_batches(micro_batch_tokens)
     norm = compute_normalizers([mb.loss_mask for mb in micro_batches])
     fixed = fixed_logprobs(engine, micro_batches)
     state = _step_state(cfg, micro_batches, fixed, generator)
-    summed, finite = _losses_before_update(micro_batches, fixed, norm, state, cfg)
-    most_micro_batches, any_rank_bad = _all_ranks([len(micro_batches), 0.0 if finite else 1.0], "max")
+    work = [MicroBatchWork(mb, f, partial(_policy_loss, mb=mb, fixed=f, norm=norm, state=state, cfg=cfg))
+            for mb, f in zip(micro_batches, fixed)]
+    work += _replay_work(engine, replay, micro_batch_tokens)
+    initial = dict.fromkeys(SELF_IMITATION_KEYS, 0.0) if replay is not None else {}
+    summed, finite = _losses_before_update(work, initial)
+    most_micro_batches, any_rank_bad = _all_ranks([len(work), 0.0 if finite else 1.0], "max")
     extra = {"micro_batches": len(micro_batches)} | state.metrics
     if any_rank_bad:
-        metrics = _summed_over_ranks(summed) | extra
-        return metrics | {"loss": metrics["loss/total"], "grad_norm": math.nan}, False
-    summed = _accumulate_gradients(engine, micro_batches, fixed, norm, state, cfg, int(most_micro_batches))
-    metrics = _summed_over_ranks(summed) | extra
-    grad_norm = engine.step()
-    return metrics | {"loss": metrics["loss/total"], "grad_norm": grad_norm}, True
+        return _finished(summed, extra, math.nan), False
+    summed = _accumulate_gradients(engine, work, int(most_micro_batches), initial)
+    metrics = _finished(summed, extra, math.nan)  # reduced over the ranks before the update, as ever
+    return metrics | {"grad_norm": engine.step()}, True

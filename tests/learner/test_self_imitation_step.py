@@ -1,0 +1,125 @@
+"""SPEAR self-imitation wired into the Learner (one rank, gloo, real Redis shard, real Ray channel):
+good trajectories enter the buffer after an applied step, the next step replays them with the
+weighted clipped loss, and without self-imitation the step is the plain one."""
+
+from __future__ import annotations
+
+import time
+import uuid
+import zlib
+
+import numpy as np
+import pytest
+import ray
+import torch
+
+from buffer import Group, ReplayConfig, SampledGroup, Trajectory, start_local_shards, stop_local_shards
+from cluster.weight_channel import WeightChannel
+from learner.advantages import compute_advantages
+from learner.batch import build_batch
+from learner.config import LearnerConfig
+from learner.engine import PolicyEngine
+from learner.learner_actor import Learner
+from learner.loss_config import PolicyLossConfig, SelfImitationConfig
+from learner.step import train_step
+
+BEHAVIOR = -2.9
+LOSS = PolicyLossConfig()
+PLAIN = LearnerConfig(zero_stage=2, dtype="float32", groups_per_step=2, micro_batch_tokens=32)
+SIL = PLAIN.model_copy(update={"self_imitation": SelfImitationConfig(coef=0.5, warmup_steps=0),
+                               "self_imitation_samples": 8})
+
+
+def _samples(step: int) -> list[SampledGroup]:
+    def group(group_id: str) -> Group:
+        rng = np.random.default_rng(zlib.crc32(group_id.encode()))
+        trajectories = [Trajectory(prompt_ids=rng.integers(4, 18, 3), completion_ids=rng.integers(4, 18, 5),
+                                   loss_mask=np.ones(5), behavior_logprobs=np.full(5, BEHAVIOR),
+                                   policy_versions=np.full(5, step), reward=r) for r in (1.0, 0.0, 1.0)]
+        return Group(group_id, "t", "c", time.time(), trajectories)
+
+    return [SampledGroup(group(f"w:{step}-{i}"), 1.0, 1.0, 1, 0) for i in range(2)]
+
+
+@pytest.fixture(scope="module")
+def replay(tmp_path_factory):
+    shards = start_local_shards(1, tmp_path_factory.mktemp("redis"))
+    config = ReplayConfig(namespace=f"test-{uuid.uuid4().hex[:8]}", num_shards=1, max_staleness=100)
+    yield config, [s.url for s in shards]
+    stop_local_shards(shards)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=1, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def channel(local_ray):
+    """A fresh channel per learner: each one publishes versions from 1."""
+    return WeightChannel.remote(groups_per_step=2, max_staleness=4)
+
+
+def _learner(tiny_model, cfg: LearnerConfig, replay, channel) -> Learner:
+    config, urls = replay
+    return Learner(0, 1, "127.0.0.1", 0, tiny_model, cfg, LOSS, config, urls, channel=channel, total_steps=10)
+
+
+def _expected_replay_loss(learner: Learner) -> float:
+    """coef * token-mean of -min(rA, clip(r, 0.8, 1.28) A) over the buffer, at the current weights."""
+    entries = learner.imitation.refresh(learner.version)
+    trajectories = [e.trajectory for e in entries]
+    group = Group("expected", "", "", 0.0, trajectories)
+    advantages = np.array([e.advantage for e in entries])
+    batch = build_batch([SampledGroup(group, 1.0, 1.0, 0, 0)], [advantages], pad_id=learner.pad_id)
+    with torch.no_grad():
+        logprobs, _ = learner.engine.token_logprobs(batch.input_ids, batch.attention_mask)
+    mask = batch.loss_mask.numpy() > 0
+    ratio = np.exp(logprobs.double().numpy()[mask] - batch.behavior_logprobs.double().numpy()[mask])
+    adv = batch.advantages.double().numpy()[mask]
+    per_token = -np.minimum(ratio * adv, np.clip(ratio, 0.8, 1.28) * adv)
+    return 0.5 * per_token.mean()
+
+
+def test_good_trajectories_are_remembered_then_replayed(tiny_model, single_rank, replay, channel):
+    learner = _learner(tiny_model, SIL, replay, channel)
+    first = learner.train_on(_samples(0))
+    assert first["step_applied"] == 1.0
+    assert first["sil/num_replayed"] == 0.0 and first["sil/loss"] == 0.0  # nothing to replay yet
+    # Both groups have mean 2/3, so the baseline is 2/3: the four reward-1 trajectories (A = 1/3) are kept.
+    entries = learner.imitation.refresh(learner.version)
+    assert first["sil/buffer_size"] == 4 and len(entries) == 4
+    assert all(e.trajectory.reward == 1.0 and e.policy_version == 0 for e in entries)
+    assert [e.advantage for e in entries] == pytest.approx([1 / 3] * 4)
+
+    expected = _expected_replay_loss(learner)  # every entry is replayed (8 asked, 4 held)
+    second = learner.train_on(_samples(1))
+    assert second["step_applied"] == 1.0 and second["sil/num_replayed"] == 4.0
+    assert second["sil/weight"] == 0.5  # coef, no warm-up
+    assert np.isfinite(second["sil/loss"]) and second["sil/loss"] == pytest.approx(expected, rel=1e-4)
+    assert second["loss"] == pytest.approx(second["loss/total"] + second["sil/loss"])
+    assert second["sil/buffer_size"] == 8  # the new batch's four good trajectories joined
+
+
+def test_stale_entries_are_no_longer_replayed(tiny_model, single_rank, replay, channel):
+    cfg = SIL.model_copy(update={"self_imitation": SelfImitationConfig(warmup_steps=0, max_staleness=0)})
+    learner = _learner(tiny_model, cfg, replay, channel)
+    learner.train_on(_samples(0))
+    assert len(learner.imitation) == 4
+    second = learner.train_on(_samples(0))  # at version 1 the version-0 entries are one version too old
+    assert second["sil/num_replayed"] == 0.0
+
+
+def test_without_self_imitation_the_step_is_the_plain_one(tiny_model, single_rank, replay, channel):
+    learner = _learner(tiny_model, PLAIN, replay, channel)
+    samples = _samples(0)
+    metrics = learner.train_on(samples)
+    assert learner.imitation is None and not [key for key in metrics if key.startswith("sil/")]
+    engine = PolicyEngine(tiny_model, PLAIN, total_steps=10, world_size=1)
+    advantages = [compute_advantages("grpo", torch.tensor(s.group.rewards)).numpy() for s in samples]
+    plain, applied = train_step(engine, build_batch(samples, advantages, pad_id=learner.pad_id), LOSS,
+                                PLAIN.micro_batch_tokens)
+    assert applied and metrics["loss"] == pytest.approx(plain["loss"], rel=1e-6)
+    assert metrics["grad_norm"] == pytest.approx(plain["grad_norm"], rel=1e-6)
