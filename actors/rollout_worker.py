@@ -63,7 +63,7 @@ class RolloutWorker:
     def produce(self, num_groups: int) -> int:
         """Generate `num_groups` groups with the current weights and insert them; returns how many were stored."""
         groups = self._generate_groups([self.tasks.sample(self.rng) for _ in range(num_groups)])
-        return sum(self.replay.insert(g) for g in groups)
+        return sum(self.replay.insert_many(groups))
 
     def run(self) -> dict:
         """Produce until `stop()`; each round is admitted by the weight channel first."""

@@ -1,8 +1,11 @@
 """Replay benchmark: insert/sample throughput and latency against the raw Redis ceiling.
 
 Starts its own redis-server shards (AOF on, fsync everysec), inserts and samples groups of
-8 trajectories x 1024 tokens through ReplayClient, and, on the same servers and bytes, times
-redis-py pipelined SET and MGET (the ceiling). Writes bench/results/replay.json and prints it.
+8 trajectories x 1024 tokens through ReplayClient (insert_many of `batch` groups per call, plus
+one-group insert calls for their latency), and, on the same servers and bytes, times
+redis-py pipelined SET and MGET (the ceiling). The *_ratio_interleaved figures alternate ours
+and the ceiling round by round, so that load from other processes hits both alike; the plain
+ratios divide numbers measured a minute apart. Writes bench/results/replay.json and prints it.
 
     python -m bench.replay            # full run (~2-3 minutes on 2 cores)
     python -m bench.replay --quick    # smoke run
@@ -36,7 +39,7 @@ TRAJECTORIES, PROMPT_TOKENS, COMPLETION_TOKENS = 8, 128, 1024
 class Sizes:
     inserts_per_client: int
     sample_calls_per_client: int
-    batch: int  # groups per sample call and per raw pipeline / MGET
+    batch: int  # groups per sample call, per insert_many call and per raw pipeline / MGET
     raw_rounds: int
 
 
@@ -67,11 +70,18 @@ def _worker(task: tuple) -> tuple[float, float, list[float]]:
     template = make_group("template", seed=worker)
     latencies = []
     start = time.time()
-    if phase == "insert":
+    if phase == "insert_single":  # one group per call: the latency a lone producer sees
         for i in range(sizes.inserts_per_client):
-            group = dataclasses.replace(template, group_id=f"{worker}:{i}")
+            group = dataclasses.replace(template, group_id=f"s{worker}:{i}")
             t0 = time.perf_counter()
             client.insert(group)
+            latencies.append(time.perf_counter() - t0)
+    elif phase == "insert":  # insert_many of `batch` groups per call, as the raw SET pipelines them
+        for start_index in range(0, sizes.inserts_per_client, sizes.batch):
+            stop_index = min(start_index + sizes.batch, sizes.inserts_per_client)
+            groups = [dataclasses.replace(template, group_id=f"{worker}:{i}") for i in range(start_index, stop_index)]
+            t0 = time.perf_counter()
+            client.insert_many(groups)
             latencies.append(time.perf_counter() - t0)
     else:
         for _ in range(sizes.sample_calls_per_client):
@@ -87,8 +97,9 @@ def _run_phase(pool, phase: str, namespace: str, urls: list[str], clients: int, 
     results = pool.map(_worker, [(phase, namespace, urls, w, sizes) for w in range(clients)])
     elapsed = max(r[1] for r in results) - min(r[0] for r in results)
     latencies = np.concatenate([r[2] for r in results])
-    per_call = sizes.batch if phase == "sample" else 1
-    groups_per_s = len(latencies) * per_call / elapsed
+    groups = {"insert_single": sizes.inserts_per_client, "insert": sizes.inserts_per_client,
+              "sample": sizes.sample_calls_per_client * sizes.batch}[phase] * clients
+    groups_per_s = groups / elapsed
     return {"groups_per_s": groups_per_s, "p50_ms": float(np.percentile(latencies, 50) * 1e3),
             "p99_ms": float(np.percentile(latencies, 99) * 1e3)}
 
@@ -99,10 +110,7 @@ def _raw_ceiling(url: str, payload: bytes, sizes: Sizes) -> tuple[float, float]:
     keys = [f"raw:{i}" for i in range(sizes.batch)]
     start = time.perf_counter()
     for _ in range(sizes.raw_rounds):
-        with conn.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.set(key, payload)
-            pipe.execute()
+        _pipelined_set(conn, keys, payload)
     set_rate = sizes.raw_rounds * sizes.batch / (time.perf_counter() - start)
     start = time.perf_counter()
     for _ in range(sizes.raw_rounds):
@@ -112,6 +120,41 @@ def _raw_ceiling(url: str, payload: bytes, sizes: Sizes) -> tuple[float, float]:
     conn.delete(*keys)
     conn.close()
     return set_rate, get_rate
+
+
+def _interleaved_ratios(url: str, template: Group, sizes: Sizes, rounds: int = 8) -> tuple[float, float]:
+    """Median (ours / raw) over alternating rounds of insert_many vs pipelined SET and sample vs MGET:
+    on a shared machine the load drifts between the separate measurements above, not within a round."""
+    client = ReplayClient(_config("bench-interleaved"), [url], seed=0)
+    conn = redis.Redis.from_url(url)
+    payload, keys, calls = encode_group(template), [f"raw:{i}" for i in range(sizes.batch)], sizes.raw_rounds // 4 or 1
+    insert_ratios, sample_ratios = [], []
+    for r in range(rounds):
+        batches = [[dataclasses.replace(template, group_id=f"ab{r}:{c}:{j}") for j in range(sizes.batch)]
+                   for c in range(calls)]
+        ours = _seconds(lambda: [client.insert_many(batch) for batch in batches])
+        raw = _seconds(lambda: [_pipelined_set(conn, keys, payload) for _ in range(calls)])
+        insert_ratios.append(raw / ours)
+        ours = _seconds(lambda: [client.sample(sizes.batch, learner_version=0) for _ in range(calls)])
+        raw = _seconds(lambda: [conn.mget(keys) for _ in range(calls)])
+        sample_ratios.append(raw / ours)
+    conn.delete(*keys)
+    conn.close()
+    client.close()
+    return float(np.median(insert_ratios)), float(np.median(sample_ratios))
+
+
+def _seconds(action) -> float:
+    start = time.perf_counter()
+    action()
+    return time.perf_counter() - start
+
+
+def _pipelined_set(conn: redis.Redis, keys: list[str], payload: bytes) -> None:
+    with conn.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.set(key, payload)
+        pipe.execute()
 
 
 def _decode_us(payload: bytes) -> float:
@@ -129,11 +172,14 @@ def run(sizes: Sizes, shard_counts: list[int], client_counts: list[int]) -> dict
         try:
             urls = [s.url for s in shards]
             raw_set, raw_get = _raw_ceiling(urls[0], payload, sizes)
+            interleaved_insert, interleaved_sample = _interleaved_ratios(urls[0], make_group("template"), sizes)
+            with redis.Redis.from_url(urls[0]) as conn:
+                conn.flushall()
             for num_shards in shard_counts:
                 for clients in client_counts:
                     namespace = f"bench-{num_shards}-{clients}"
                     row = {"shards": num_shards, "clients": clients}
-                    for phase in ("insert", "sample"):
+                    for phase in ("insert_single", "insert", "sample"):
                         measured = _run_phase(pool, phase, namespace, urls[:num_shards], clients, sizes)
                         row.update({f"{phase}_{k}": round(v, 3) for k, v in measured.items()})
                         row[f"{phase}_mb_per_s"] = round(measured["groups_per_s"] * megabytes, 1)
@@ -148,9 +194,11 @@ def run(sizes: Sizes, shard_counts: list[int], client_counts: list[int]) -> dict
         "group_bytes": len(payload), "group_shape": f"{TRAJECTORIES} x ({PROMPT_TOKENS} + {COMPLETION_TOKENS}) tokens",
         "sample_batch": sizes.batch, "cpus": os.cpu_count(), "python": platform.python_version(),
         "insert_groups_per_s": single["insert_groups_per_s"], "sample_groups_per_s": single["sample_groups_per_s"],
+        "insert_single_groups_per_s": single["insert_single_groups_per_s"],
         "raw_set_groups_per_s": round(raw_set, 1), "raw_get_groups_per_s": round(raw_get, 1),
         "insert_ratio": round(single["insert_groups_per_s"] / raw_set, 3),
         "sample_ratio": round(single["sample_groups_per_s"] / raw_get, 3),
+        "insert_ratio_interleaved": round(interleaved_insert, 3), "sample_ratio_interleaved": round(interleaved_sample, 3),
         "decode_us_per_group": round(_decode_us(payload), 1),
         "scaling": table,
     }

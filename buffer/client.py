@@ -107,9 +107,12 @@ class ReplayClient:
 
     # ---- routing -------------------------------------------------------------------------------
 
+    def _home(self, key: str) -> int:
+        return stable_hash(key) % len(self._shards)
+
     def _route(self, key: str) -> list[ShardConnection]:
         """The key's home shard first, then the others in ring order; only those not known down."""
-        start = stable_hash(key) % len(self._shards)
+        start = self._home(key)
         ring = [self._shards[(start + k) % len(self._shards)] for k in range(len(self._shards))]
         return [shard for shard in ring if shard.available()]
 
@@ -126,20 +129,68 @@ class ReplayClient:
     def insert(self, group: Group, timeout: float | None = None) -> bool:
         """Store a group; False if it was not stored (a duplicate id, a zero-signal group under the
         prioritized selector, or already stale). Blocks while the shard's rate limiter says so."""
+        return self.insert_many([group], timeout)[0]
+
+    def insert_many(self, groups: list[Group], timeout: float | None = None) -> list[bool]:
+        """Store groups, one pipeline of insert scripts per shard and round (each script atomic);
+        result i says whether groups[i] was stored, as insert() would. Groups a shard's rate limiter
+        blocks are retried with backoff; `timeout` runs from the first attempt on each shard.
+        Raises ShardUnavailable if some group found every shard down (the others may be stored)."""
         timeout = self.config.insert_timeout_s if timeout is None else timeout
-        group, injected = self._prepare(group)
-        payload = encode_group(group)
-        for position, shard in enumerate(self._route(group.group_id)):
-            try:
-                stored = self._insert_into(shard, group, payload, _Backoff(timeout), timeout)
-            except ShardUnavailable:
+        prepared = [self._prepare(group) for group in groups]
+        payloads = [encode_group(group) for group, _ in prepared]
+        routes = [self._route(group.group_id) for group, _ in prepared]
+        position = [0] * len(groups)  # index into routes[i] of the shard being tried
+        stored: list[bool | None] = [None] * len(groups)
+        backoffs: dict[int, _Backoff] = {}  # shard -> its deadline for this call
+        pacing = _Backoff(None)
+        while True:
+            by_shard: dict[int, list[int]] = {}
+            for i in (i for i, result in enumerate(stored) if result is None):
+                if position[i] >= len(routes[i]):
+                    raise ShardUnavailable(f"no shard could take group {groups[i].group_id}: "
+                                           f"all {len(self._shards)} are down")
+                by_shard.setdefault(routes[i][position[i]].index, []).append(i)
+            if not by_shard:
+                return [bool(result) for result in stored]
+            blocked = {}
+            for index, members in by_shard.items():
+                backoffs.setdefault(index, _Backoff(timeout))
+                limiter = self._insert_round(self._shards[index], members, prepared, payloads, position, stored)
+                if limiter is not None:
+                    blocked[index] = limiter
+            for index, limiter in blocked.items():
+                if backoffs[index].expired():
+                    waiting = [groups[i].group_id for i in by_shard[index] if stored[i] is None]
+                    raise RateLimiterTimeout(f"insert of {', '.join(waiting)} into {self._shards[index].label} was "
+                                             f"blocked by the rate limiter for {timeout}s "
+                                             f"({self._limiter_text(limiter)})")
+            if blocked:
+                pacing.wait()
+
+    def _insert_round(self, shard: ShardConnection, members: list[int], prepared: list[tuple[Group, int | None]],
+                      payloads: list[bytes], position: list[int], stored: list[bool | None]) -> LimiterState | None:
+        """One pipeline of `members` into `shard`; fills `stored`, moves groups on if the shard is down.
+        Returns the limiter state if the shard blocked some of them."""
+        try:
+            replies = shard.insert_many([(prepared[i][0].group_id, payloads[i], prepared[i][0].priority,
+                                          prepared[i][0].max_policy_version) for i in members],
+                                        self.config.dedup_ttl_s)
+        except ShardUnavailable:
+            for i in members:
+                position[i] += 1
+            return None
+        limiter = None
+        for i, reply in zip(members, replies):
+            if reply.status == "blocked":
+                limiter = reply.limiter
                 continue
-            if position > 0:
+            stored[i] = reply.status == "ok"
+            if shard.index != self._home(prepared[i][0].group_id):  # its home was down (now or known before)
                 self._count("rerouted_inserts")
-            if stored:
-                self._remember_successes(group, injected)
-            return stored
-        raise ShardUnavailable(f"no shard could take group {group.group_id}: all {len(self._shards)} are down")
+            if stored[i]:
+                self._remember_successes(*prepared[i])
+        return limiter
 
     def _prepare(self, group: Group) -> tuple[Group, int | None]:
         """Success injection (ARPO), then the initial priority."""
@@ -166,18 +217,6 @@ class ReplayClient:
             except (ShardUnavailable, redis.ConnectionError, redis.TimeoutError) as e:
                 log.warning("success store on %s unavailable, successes of %s not kept: %s", shard.label,
                             group.group_id, e)
-
-    def _insert_into(self, shard: ShardConnection, group: Group, payload: bytes, backoff: _Backoff,
-                     timeout: float | None) -> bool:
-        while True:
-            reply = shard.insert(group.group_id, payload, group.priority, group.max_policy_version,
-                                 self.config.dedup_ttl_s)
-            if reply.status != "blocked":
-                return reply.status == "ok"
-            if backoff.expired():
-                raise RateLimiterTimeout(f"insert of {group.group_id} into {shard.label} was blocked by the rate "
-                                         f"limiter for {timeout}s ({self._limiter_text(reply.limiter)})")
-            backoff.wait()
 
     def _limiter_text(self, state: LimiterState | None) -> str:
         return f"{self.config.rate_limiter!r}; state {state}"
@@ -265,6 +304,8 @@ class ReplayClient:
     def _decode_draws(self, shard: ShardConnection, reply: SampleReply) -> list[tuple[Draw, Group]]:
         groups: dict[str, Group] = {}
         for group_id, payload in reply.payloads.items():
+            if payload is None:
+                continue  # evicted since the draw: its draws are skipped, so the round draws again
             try:
                 groups[group_id] = decode_group(payload)
             except CodecError as e:
@@ -303,7 +344,7 @@ class ReplayClient:
             for group_id, priority in priorities.items():
                 if not (np.isfinite(priority) and priority >= 0):
                     raise ValueError(f"priority of {group_id} must be finite and >= 0, got {priority}")
-                index = self._route_cache.get(group_id, stable_hash(group_id) % len(self._shards))
+                index = self._route_cache.get(group_id, self._home(group_id))
                 by_shard.setdefault(index, {})[group_id] = priority
         applied = 0
         for index, batch in by_shard.items():

@@ -132,7 +132,8 @@ def _read_lengths(header: dict[str, Any]) -> tuple[list[int], list[int]]:
     return [p for p, _ in lengths], [c for _, c in lengths]
 
 
-def _read_arrays(header: dict[str, Any], buffer: bytearray, offset: int) -> dict[str, list[np.ndarray]]:
+def _read_arrays(header: dict[str, Any], buffer: bytes | bytearray | memoryview, offset: int
+                 ) -> dict[str, list[np.ndarray]]:
     """Field -> one array per trajectory, as views into `buffer`."""
     table = header.get("arrays")
     if not isinstance(table, list) or [row[0] if isinstance(row, list) else None for row in table] != list(ARRAY_FIELDS):
@@ -158,8 +159,10 @@ def _read_arrays(header: dict[str, Any], buffer: bytearray, offset: int) -> dict
 def decode_trajectories(payload: bytes | bytearray | memoryview) -> tuple[dict[str, Any], list[Trajectory]]:
     """Inverse of encode_trajectories: the scalar header and the validated trajectories."""
     header, offset = _read_header(payload)
-    buffer = bytearray(payload)  # one copy, so the decoded arrays are writable
-    arrays = _read_arrays(header, buffer, offset)
+    # Views into the payload, no copy (decode is on the learner's sampling path, and a fresh copy of
+    # each payload costs more than the rest of decoding): arrays from immutable bytes are read-only,
+    # so a consumer that writes into one fails loudly instead of corrupting a shared buffer.
+    arrays = _read_arrays(header, payload, offset)
     trajectories = []
     for index, traj_header in enumerate(header["trajectories"]):
         where = f"trajectory {index}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -10,6 +11,7 @@ from urllib.parse import urlparse
 
 import redis
 from redis.backoff import NoBackoff
+from redis.connection import Encoder, PythonRespSerializer
 from redis.retry import Retry
 
 from buffer.errors import ConfigMismatchError, InsecureShardError, ShardUnavailable
@@ -19,6 +21,10 @@ log = logging.getLogger(__name__)
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 STRUCTURAL_FIELDS = ("base", "capacity", "selector", "alpha")
 _NOT_INITIALISED = "is not initialised"
+# redis-py's pure-Python packer sends arguments over 6 KB as their own buffers; the default
+# (hiredis) packer copies every payload into one command buffer first.
+_PAYLOAD_PACKER = PythonRespSerializer(6_000, Encoder("utf-8", "strict", False).encode)
+_STAGE_TTL_MS = 60_000  # a staged insert payload whose script never ran (client died mid-pipeline) expires
 
 
 @dataclass(frozen=True)
@@ -51,10 +57,19 @@ class Draw:
 class SampleReply:
     status: str  # ok | empty | blocked
     draws: list[Draw] = field(default_factory=list)
-    payloads: dict[str, bytes] = field(default_factory=dict)
+    payloads: dict[str, bytes | None] = field(default_factory=dict)  # None: vanished since the draw
     limiter: LimiterState | None = None
     size: int = 0  # after the draws
     mass: float = 0.0
+
+
+def _insert_reply(reply: list) -> InsertReply:
+    status = reply[0].decode()
+    if status == "ok":
+        return InsertReply(status, evicted=int(reply[1]))
+    if status == "blocked":
+        return InsertReply(status, limiter=LimiterState(*map(int, reply[1:4])))
+    return InsertReply(status)
 
 
 def check_address(url: str, password: str | None) -> None:
@@ -93,7 +108,8 @@ class ShardConnection:
                 # No client-side retries: a dead shard must fail fast so the others take over,
                 # and a retried sample script would count its draws twice.
                 conn = redis.Redis.from_url(self.url, password=self._password, retry=Retry(NoBackoff(), 0),
-                                            socket_timeout=10.0, socket_connect_timeout=2.0)
+                                            socket_timeout=10.0, socket_connect_timeout=2.0,
+                                            command_packer=_PAYLOAD_PACKER)
                 self._scripts = {name: conn.register_script(script_source(name)) for name in SCRIPT_NAMES}
                 self._initialise()
                 self._redis = conn  # only once initialised: a failed first contact retries the whole setup
@@ -114,22 +130,58 @@ class ShardConnection:
         return not self.is_down or time.monotonic() >= self._down_until
 
     def call(self, script: str, args: list) -> object:
+        return self.call_many(script, [args])[0]
+
+    def call_many(self, script: str, arg_lists: list[list], staged: list[tuple[str, bytes]] | None = None
+                  ) -> list[object]:
+        """Run `script` once per argument list in one non-transactional pipeline (one round trip;
+        each script stays atomic). Replies come back in the order of `arg_lists`. `staged[i]`, if
+        given, is a (key, value) SET (with a TTL) just before script i."""
         if not self.available():
             raise ShardUnavailable(f"{self.label} is down")
         try:
-            self._connection()
-            try:
-                result = self._scripts[script](args=[self.namespace, *args])
-            except redis.ResponseError as e:
-                if _NOT_INITIALISED not in str(e):
-                    raise
-                self._initialise()  # a shard restarted without its data
-                result = self._scripts[script](args=[self.namespace, *args])
+            conn = self._connection()
+            results = self._run_pipeline(conn, script, arg_lists, staged)
+            failed = [i for i, r in enumerate(results) if isinstance(r, redis.ResponseError)]
+            if failed:
+                self._recover(conn, [results[i] for i in failed])  # such a script did nothing: safe to rerun
+                for i, result in zip(failed, self._run_pipeline(conn, script, [arg_lists[i] for i in failed])):
+                    if isinstance(result, redis.ResponseError):
+                        raise result
+                    results[i] = result
         except (redis.ConnectionError, redis.TimeoutError) as e:
             self._mark_down(e)
             raise ShardUnavailable(f"{self.label} is down: {e}") from e
         self._mark_up()
-        return result
+        return results
+
+    def _run_pipeline(self, conn: redis.Redis, script: str, arg_lists: list[list],
+                      staged: list[tuple[str, bytes]] | None = None) -> list[object]:
+        # Plain EVALSHA, not Script objects: a pipeline of those asks SCRIPT EXISTS first (a round trip).
+        sha = self._scripts[script].sha
+        with conn.pipeline(transaction=False) as pipe:
+            for i, args in enumerate(arg_lists):
+                if staged is not None:
+                    pipe.set(*staged[i], px=_STAGE_TTL_MS)
+                pipe.evalsha(sha, 0, self.namespace, *args)
+            results = pipe.execute(raise_on_error=False)
+        if staged is None:
+            return results
+        for set_reply in results[::2]:
+            if isinstance(set_reply, redis.ResponseError):
+                raise set_reply  # e.g. out of memory: no script ran on a missing payload
+        return results[1::2]
+
+    def _recover(self, conn: redis.Redis, errors: list[redis.ResponseError]) -> None:
+        """A restarted shard lost its scripts (NOSCRIPT) or its namespace: load or initialise again."""
+        for error in errors:
+            if not isinstance(error, redis.exceptions.NoScriptError) and _NOT_INITIALISED not in str(error):
+                raise error
+        if any(isinstance(error, redis.exceptions.NoScriptError) for error in errors):
+            for registered in self._scripts.values():
+                conn.script_load(registered.script)
+        if any(_NOT_INITIALISED in str(error) for error in errors):
+            self._initialise()
 
     def _mark_down(self, error: Exception) -> None:
         with self._lock:
@@ -146,26 +198,39 @@ class ShardConnection:
                     self.is_down = False
                     log.warning("%s is back: reconnected", self.label)
 
-    def insert(self, group_id: str, payload: bytes, priority: float, newest_version: int,
-               dedup_ttl_s: int) -> InsertReply:
-        reply = self.call("insert", [group_id, payload, repr(float(priority)), newest_version, dedup_ttl_s])
-        status = reply[0].decode()
-        if status == "ok":
-            return InsertReply(status, evicted=int(reply[1]))
-        if status == "blocked":
-            return InsertReply(status, limiter=LimiterState(*map(int, reply[1:4])))
-        return InsertReply(status)
+    def insert_many(self, inserts: list[tuple[str, bytes, float, int]], dedup_ttl_s: int) -> list[InsertReply]:
+        """(group id, payload, priority, newest policy version) each, in one pipeline."""
+        stages = [f"{self.namespace}:stage:{group_id}:{os.urandom(8).hex()}" for group_id, *_ in inserts]
+        replies = self.call_many("insert", [[group_id, stage, repr(float(priority)), newest_version, dedup_ttl_s]
+                                            for stage, (group_id, _, priority, newest_version) in zip(stages, inserts)],
+                                 staged=[(stage, payload) for stage, (_, payload, *_) in zip(stages, inserts)])
+        return [_insert_reply(reply) for reply in replies]
 
     def sample(self, count: int, learner_version: int, uniforms: list[float]) -> SampleReply:
         reply = self.call("sample", [count, learner_version, *map(repr, uniforms)])
         status = reply[0].decode()
         if status != "ok":
             return SampleReply(status, limiter=LimiterState(*map(int, reply[1:4])))
-        flat_draws, flat_payloads = reply[3], reply[4]
+        flat_draws, flat_removed = reply[3], reply[4]
         draws = [Draw(flat_draws[i].decode(), float(flat_draws[i + 1]), float(flat_draws[i + 2]),
                       int(flat_draws[i + 3]), float(flat_draws[i + 4])) for i in range(0, len(flat_draws), 5)]
-        payloads = {flat_payloads[i].decode(): flat_payloads[i + 1] for i in range(0, len(flat_payloads), 2)}
+        # The script returns only the payloads of groups it removed; the rest come by one MGET,
+        # outside Lua (copying megabytes through a Lua reply doubles the shard's work).
+        payloads = {flat_removed[i].decode(): flat_removed[i + 1] for i in range(0, len(flat_removed), 2)}
+        payloads.update(self._fetch_payloads({d.group_id for d in draws} - payloads.keys()))
         return SampleReply(status, draws, payloads, size=int(reply[1]), mass=float(reply[2]))
+
+    def _fetch_payloads(self, group_ids: set[str]) -> dict[str, bytes | None]:
+        """Group id -> payload, None where it vanished since the draw (evicted by a concurrent insert)."""
+        if not group_ids:
+            return {}
+        ordered = sorted(group_ids)
+        try:
+            values = self._connection().mget([f"{self.namespace}:p:{gid}" for gid in ordered])
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            self._mark_down(e)
+            raise ShardUnavailable(f"{self.label} is down: {e}") from e
+        return dict(zip(ordered, values))
 
     def mass(self, learner_version: int) -> tuple[int, float]:
         """(size, total leaf mass) after evicting stale groups."""

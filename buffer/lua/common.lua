@@ -43,31 +43,41 @@ local function tree_total()
   return tonumber(redis.call('HGET', K_TREE, 1)) or 0
 end
 
--- Set a leaf and recompute its ancestors from their children (no drift from deltas).
+-- Set a leaf and recompute its ancestors from their children (no drift from deltas):
+-- one HMGET of the siblings along the path and one HSET of the path, not two calls per level.
 local function tree_set_leaf(slot, value)
   local node = cfg.base + slot
-  redis.call('HSET', K_TREE, node, fmt(value))
+  local siblings = {}
   while node > 1 do
+    siblings[#siblings + 1] = node + 1 - 2 * (node % 2)  -- node's sibling: node xor 1
     node = math.floor(node / 2)
-    local kids = redis.call('HMGET', K_TREE, 2 * node, 2 * node + 1)
-    redis.call('HSET', K_TREE, node, fmt((tonumber(kids[1]) or 0) + (tonumber(kids[2]) or 0)))
   end
+  local sums = (#siblings > 0) and redis.call('HMGET', K_TREE, unpack(siblings)) or {}
+  node = cfg.base + slot
+  local path = {node, fmt(value)}
+  for level = 1, #siblings do
+    value = value + (tonumber(sums[level]) or 0)
+    node = math.floor(node / 2)
+    path[#path + 1] = node
+    path[#path + 1] = fmt(value)
+  end
+  redis.call('HSET', K_TREE, unpack(path))
 end
 
--- Leaf slot whose cumulative range holds u in [0, total): O(log capacity) HMGETs.
-local function tree_find(u)
-  local node = 1
+-- Leaf slot whose cumulative range holds u in [0, total), and its leaf value: O(log capacity) HMGETs.
+local function tree_find(u, total)
+  local node, value = 1, total
   while node < cfg.base do
     local kids = redis.call('HMGET', K_TREE, 2 * node, 2 * node + 1)
     local left, right = tonumber(kids[1]) or 0, tonumber(kids[2]) or 0
     if (u < left and left > 0) or right <= 0 then
-      node = 2 * node
+      node, value = 2 * node, left
     else
       u = u - left
-      node = 2 * node + 1
+      node, value = 2 * node + 1, right
     end
   end
-  return node - cfg.base
+  return node - cfg.base, value
 end
 
 local function remove_item(gid, reason)

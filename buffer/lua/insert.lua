@@ -1,22 +1,30 @@
--- ARGV: ns, group id, payload, priority, newest policy version, dedup ttl (s).
+-- ARGV: ns, group id, staging key, priority, newest policy version, dedup ttl (s).
+-- The client SETs the payload at the staging key (unique per attempt, with a TTL) in the same
+-- pipeline just before: passing 100 KB through Lua's ARGV costs more than all the rest of this script.
+-- Stored: the staging key is renamed to the payload key. Not stored: it is deleted.
 -- Returns {status, ...}: ok (evicted count) | dup | skip (zero signal) | stale | blocked (limiter state).
 local err = load_config()
 if err then return err end
-local gid, payload, priority, version = ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+local gid, stage, priority, version = ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+local function reject(reply)
+  redis.call('DEL', stage)
+  return reply
+end
 
-if redis.call('EXISTS', k_seen(gid)) == 1 then return {'dup'} end
+if redis.call('EXISTS', stage) == 0 then return redis.error_reply('staged payload ' .. stage .. ' is missing') end
+if redis.call('EXISTS', k_seen(gid)) == 1 then return reject({'dup'}) end
 if cfg.selector == 'prioritized' and priority <= 0 then
   redis.call('HINCRBY', K_STATS, 'zero_signal_skips', 1)
-  return {'skip'}
+  return reject({'skip'})
 end
 local learner_version = tonumber(redis.call('HGET', K_STATS, 'learner_version'))
 if learner_version and version < learner_version - cfg.max_staleness then
   redis.call('HINCRBY', K_STATS, 'evicted_stale', 1)
-  return {'stale'}
+  return reject({'stale'})
 end
 local st = limiter_state()
 if not (st.size + 1 <= cfg.min_size or (st.inserts + 1) * cfg.spi - st.samples <= cfg.max_diff) then
-  return limiter_reply('blocked', st)
+  return reject(limiter_reply('blocked', st))
 end
 
 local evicted = 0
@@ -28,7 +36,8 @@ local slot = redis.call('LPOP', K_FREE)
 if not slot then slot = redis.call('HINCRBY', K_STATS, 'next_slot', 1) - 1 end
 local seq = redis.call('HINCRBY', K_STATS, 'seq', 1)
 
-redis.call('SET', k_payload(gid), payload)
+redis.call('RENAME', stage, k_payload(gid))
+redis.call('PERSIST', k_payload(gid))
 redis.call('HSET', k_meta(gid), 'p', fmt(priority), 'slot', slot, 't', 0, 'v', version, 'seq', seq)
 redis.call('HSET', K_SLOTS, slot, gid)
 redis.call('ZADD', K_FIFO, seq, gid)

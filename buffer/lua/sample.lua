@@ -1,8 +1,9 @@
 -- ARGV: ns, n, learner version, u_1..u_n (uniforms in [0, 1) from the client's seeded RNG).
 -- Draws up to n groups with replacement (fifo: the oldest distinct groups), as many as the
--- rate limiter allows. Returns {'ok', size, mass, draws, payloads} where draws is a flat list
--- of (gid, leaf, mass at draw, times sampled, priority) and payloads a flat list of (gid, bytes);
--- or {'empty'|'blocked', inserts, samples, size}.
+-- rate limiter allows. Returns {'ok', size, mass, draws, removed} where draws is a flat list
+-- of (gid, leaf, mass at draw, times sampled, priority) and removed a flat list of (gid, bytes)
+-- for the groups this call removed (max_times_sampled); or {'empty'|'blocked', inserts, samples, size}.
+-- The client fetches the other payloads with one MGET: big replies through Lua cost two copies.
 local err = load_config()
 if err then return err end
 local n, learner_version = tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -25,7 +26,7 @@ if cfg.selector == 'fifo' then
   oldest = redis.call('ZRANGE', K_FIFO, 0, allowed - 1)
   allowed = #oldest
 end
-local draws, payloads, fetched = {}, {}, {}
+local draws, removed = {}, {}
 for i = 1, allowed do
   local total = tree_total()
   if total <= 0 then break end
@@ -33,20 +34,19 @@ for i = 1, allowed do
   if oldest then
     gid, leaf = oldest[i], 1
   else
-    local slot = tree_find(tonumber(ARGV[3 + i]) * total)
+    local slot
+    slot, leaf = tree_find(tonumber(ARGV[3 + i]) * total, total)
     gid = redis.call('HGET', K_SLOTS, slot)
-    leaf = tonumber(redis.call('HGET', K_TREE, cfg.base + slot))
-  end
-  if not fetched[gid] then
-    fetched[gid] = true
-    payloads[#payloads + 1] = gid
-    payloads[#payloads + 1] = redis.call('GET', k_payload(gid))
   end
   local meta = k_meta(gid)
   local times = redis.call('HINCRBY', meta, 't', 1)
   local priority = redis.call('HGET', meta, 'p')
-  redis.call('HINCRBY', K_STATS, 'samples', 1)
   for _, field in ipairs({gid, fmt(leaf), fmt(total), times, priority}) do draws[#draws + 1] = field end
-  if cfg.max_times > 0 and times >= cfg.max_times then remove_item(gid, 'max_times_sampled') end
+  if cfg.max_times > 0 and times >= cfg.max_times then
+    removed[#removed + 1] = gid
+    removed[#removed + 1] = redis.call('GET', k_payload(gid))
+    remove_item(gid, 'max_times_sampled')
+  end
 end
-return {'ok', redis.call('ZCARD', K_FIFO), fmt(tree_total()), draws, payloads}
+redis.call('HINCRBY', K_STATS, 'samples', #draws / 5)
+return {'ok', redis.call('ZCARD', K_FIFO), fmt(tree_total()), draws, removed}

@@ -35,7 +35,11 @@ def test_round_trip_keeps_every_field(make_group):
             assert getattr(copy, name).dtype == getattr(original, name).dtype
         assert (copy.reward, copy.reward_parts, copy.finish_reason) == \
             (original.reward, original.reward_parts, original.finish_reason)
-    decoded.trajectories[0].completion_ids[0] = 7  # decoded arrays are writable
+    with pytest.raises(ValueError, match="read-only"):  # views into the immutable payload, not copies
+        decoded.trajectories[0].completion_ids[0] = 7
+    writable = decode_group(bytearray(encode_group(group)))  # a caller that needs to write passes a bytearray
+    writable.trajectories[0].completion_ids[0] = 7
+    assert writable.trajectories[0].completion_ids[0] == 7
 
 
 def test_corrupted_byte_is_caught_by_checksum(make_group):
