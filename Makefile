@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip uninstall -q -y $(UNMATCHED) || true
 	# DeepSpeed's CPU backend JIT-compiles its shared-memory comm op on first use (about 90 s);
 	# build it here once so that no learner rank compiles it inside a run.
-	DS_ACCELERATOR=cpu $(VENV)/bin/python -c 'from deepspeed.accelerator import get_accelerator as a; \
+	DS_ACCELERATOR=cpu TORCH_EXTENSIONS_DIR=$(abspath $(VENV))/torch_extensions $(VENV)/bin/python -c 'from deepspeed.accelerator import get_accelerator as a; \
 	  a().create_op_builder("ShareMemCommBuilder").load()'
 	touch $(STAMP)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,9 @@ def init_process_group(rank: int, world_size: int, master_addr: str, master_port
     )
     if not _on_gpu():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # must be set before deepspeed is imported
+    # DeepSpeed JIT-builds its CPU comm op; one build cache per environment, so that two
+    # virtualenvs on one machine do not keep rebuilding it over each other (90 s each time).
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch_extensions"))
     import deepspeed
 
     deepspeed.init_distributed(dist_backend="nccl" if _on_gpu() else "gloo")
