@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from actors.config import EnvConfig, RolloutConfig
 from buffer import ReplayConfig
 from cluster.demo_model import DemoModelSettings
-from learner.config import LearnerConfig
+from learner.config import LearnerConfig, merge_nested
 from learner.loss_config import PolicyLossConfig
 
 
@@ -103,15 +103,8 @@ def load_config(path: Path | None, overrides: dict | None = None) -> RunConfig:
             raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
-    data = _deep_merge(data, overrides or {})
+    data = merge_nested(data, overrides or {})
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:
         raise ConfigError(_describe(e)) from e
-
-
-def _deep_merge(base: dict, extra: dict) -> dict:
-    merged = dict(base)
-    for key, value in extra.items():
-        merged[key] = _deep_merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
-    return merged

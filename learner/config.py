@@ -14,6 +14,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from learner.loss_config import SelfImitationConfig
 
 
+def merge_nested(base: dict, override: dict) -> dict:
+    """`override` over `base`, merging nested mappings key by key (a user's DeepSpeed JSON, YAML overrides)."""
+    merged = dict(base)
+    for key, value in override.items():
+        both_dicts = isinstance(value, dict) and isinstance(base.get(key), dict)
+        merged[key] = merge_nested(base[key], value) if both_dicts else value
+    return merged
+
+
 class OptimConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 

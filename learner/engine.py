@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from learner.config import LearnerConfig
+from learner.config import LearnerConfig, merge_nested
 
 
 def _on_gpu() -> bool:
@@ -52,20 +52,13 @@ def deepspeed_config(cfg: LearnerConfig, world_size: int, dtype: torch.dtype) ->
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
-    return _merge(derived, cfg.deepspeed or {})
+    return merge_nested(derived, cfg.deepspeed or {})
 
 
 def tidal_clips_gradients(cfg: LearnerConfig, dtype: torch.dtype) -> bool:
     """DeepSpeed measures and reports the global gradient norm only inside its ZeRO and bf16
     optimizers; with a plain fp32 optimizer (stage 0) Tidal clips, and measures, in a pre-step hook."""
     return cfg.zero_stage == 0 and dtype == torch.float32
-
-
-def _merge(base: dict, override: dict) -> dict:
-    merged = dict(base)
-    for key, value in override.items():
-        merged[key] = _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
-    return merged
 
 
 def lr_multiplier(step: int, warmup_steps: int, schedule: str, total_steps: int) -> float:
