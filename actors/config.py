@@ -13,7 +13,7 @@ class EnvConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = "arithmetic"
-    """A registered environment (envs.env_names())."""
+    """A registered environment (envs.ENVS)."""
     params: dict[str, Any] = {}
     """Keyword arguments of the environment's constructor."""
     task_source: str = "arithmetic"
@@ -22,11 +22,9 @@ class EnvConfig(BaseModel):
     @field_validator("name")
     @classmethod
     def _known_env(cls, name: str) -> str:
-        from envs import env_names
+        from envs import ENVS
 
-        if name not in env_names():
-            raise ValueError(f"unknown env {name!r}; valid: {', '.join(env_names())}")
-        return name
+        return ENVS.check(name)
 
 
 class RolloutConfig(BaseModel):

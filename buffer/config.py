@@ -59,14 +59,12 @@ class ReplayConfig(BaseModel):
     @field_validator("selector")
     @classmethod
     def _known_selector(cls, name: str) -> str:
-        SELECTORS.get(name)
-        return name
+        return SELECTORS.check(name)
 
     @field_validator("remover")
     @classmethod
     def _known_remover(cls, name: str) -> str:
-        REMOVERS.get(name)
-        return name
+        return REMOVERS.check(name)
 
     @model_validator(mode="after")
     def _consistent(self) -> "ReplayConfig":

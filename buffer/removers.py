@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from buffer.registry import Registry
+from envs.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -18,5 +18,5 @@ class Remover:
 
 
 REMOVERS: Registry[Remover] = Registry("remover")
-REMOVERS.register("fifo", Remover("fifo", "the oldest group"))
-REMOVERS.register("lowest_priority", Remover("lowest_priority", "the group with the lowest current priority"))
+REMOVERS.register("fifo")(Remover("fifo", "the oldest group"))
+REMOVERS.register("lowest_priority")(Remover("lowest_priority", "the group with the lowest current priority"))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from buffer.registry import Registry
+from envs.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,7 @@ class Selector:
 
 
 SELECTORS: Registry[Selector] = Registry("selector")
-SELECTORS.register("prioritized", Selector("prioritized", "P ~ p^alpha from the sum tree; p = 0 is never drawn "
-                                           "(and not stored: a zero-signal skip)"))
-SELECTORS.register("uniform", Selector("uniform", "every stored group equally likely, priorities ignored"))
-SELECTORS.register("fifo", Selector("fifo", "the oldest groups first (with max_times_sampled=1: a queue)"))
+SELECTORS.register("prioritized")(Selector("prioritized", "P ~ p^alpha from the sum tree; p = 0 is never "
+                                                      "drawn (and not stored: a zero-signal skip)"))
+SELECTORS.register("uniform")(Selector("uniform", "every stored group equally likely, priorities ignored"))
+SELECTORS.register("fifo")(Selector("fifo", "the oldest groups first (with max_times_sampled=1: a queue)"))

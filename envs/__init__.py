@@ -1,7 +1,7 @@
 """Environments: the env API, built-in envs, composable rewards, task sources and curricula."""
 
 from envs.arithmetic import ArithmeticEnv
-from envs.base import Action, Env, Observation, StepResult, Task, env_names, make_env, register_env
+from envs.base import ENVS, Action, Env, Observation, StepResult, Task, make_env, register_env
 from envs.chain import ChainArithmeticEnv
 from envs.curriculum import (
     Curriculum,
@@ -12,22 +12,34 @@ from envs.curriculum import (
     make_curriculum,
     mean_abs_advantage_by_category,
 )
-from envs.errors import EnvError, EpisodeStateError, UnknownNameError
+from envs.errors import EnvError, EpisodeStateError
+from envs.registry import Registry, UnknownNameError
 from envs.rewards import (
     CompositeReward,
     OverlongPenalty,
     RewardFn,
+    REWARDS,
     RewardTerm,
     make_reward,
     register_reward,
-    reward_names,
 )
 from envs.safety import EpisodeErrorCounter, SafeEnv
 from envs.single_turn import SingleTurnEnv
-from envs.tasks import ArithmeticTaskConfig, ArithmeticTasks, TaskSource, make_task_source, register_task_source
+from envs.tasks import (
+    TASK_SOURCES,
+    ArithmeticTaskConfig,
+    ArithmeticTasks,
+    TaskSource,
+    make_task_source,
+    register_task_source,
+)
 from envs.toy import FirstDigitEnv
 
 __all__ = [
+    "ENVS",
+    "REWARDS",
+    "TASK_SOURCES",
+    "Registry",
     "Action",
     "ArithmeticEnv",
     "ArithmeticTaskConfig",
@@ -54,7 +66,6 @@ __all__ = [
     "TaskSource",
     "UniformCurriculum",
     "UnknownNameError",
-    "env_names",
     "make_curriculum",
     "make_env",
     "make_reward",
@@ -62,5 +73,4 @@ __all__ = [
     "register_env",
     "register_reward",
     "register_task_source",
-    "reward_names",
 ]

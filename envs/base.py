@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from envs.errors import UnknownNameError
+from envs.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -83,29 +83,19 @@ def as_action(action: Action | str) -> Action:
 
 
 EnvT = TypeVar("EnvT", bound=type[Env])
-_ENVS: dict[str, Callable[..., Env]] = {}
+ENVS: Registry[Callable[..., Env]] = Registry("env")
 
 
 def register_env(name: str) -> Callable[[EnvT], EnvT]:
     """Class decorator: `@register_env("arithmetic")` makes the env available to `make_env`."""
 
     def decorate(cls: EnvT) -> EnvT:
-        if name in _ENVS:
-            raise ValueError(f"env {name!r} is already registered")
+        ENVS.register(name)(cls)
         cls.name = name
-        _ENVS[name] = cls
         return cls
 
     return decorate
 
 
 def make_env(name: str, **kwargs: Any) -> Env:
-    try:
-        factory = _ENVS[name]
-    except KeyError as e:
-        raise UnknownNameError("env", name, list(_ENVS)) from e
-    return factory(**kwargs)
-
-
-def env_names() -> list[str]:
-    return sorted(_ENVS)
+    return ENVS.get(name)(**kwargs)

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from envs.base import Task
-from envs.errors import EnvError, UnknownNameError
+from envs.errors import EnvError
+from envs.registry import Registry
 
 _LEADING_INT = re.compile(r"\s*(-?\d+)")
 _BARE_INT = re.compile(r"-?\d+")
@@ -24,35 +25,18 @@ class RewardFn(Protocol):
     def __call__(self, task: Task, completion: str, info: Mapping[str, Any]) -> float: ...
 
 
-_REWARDS: dict[str, Callable[..., Any]] = {}
-
-
-def register_reward(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register a reward function, or a class whose instances (built from params) are ones."""
-
-    def decorate(obj: Callable[..., Any]) -> Callable[..., Any]:
-        if name in _REWARDS:
-            raise ValueError(f"reward {name!r} is already registered")
-        _REWARDS[name] = obj
-        return obj
-
-    return decorate
+REWARDS: Registry[Callable[..., Any]] = Registry("reward")
+"""Reward functions, or classes whose instances (built from params) are ones."""
+register_reward = REWARDS.register
 
 
 def make_reward(name: str, **params: Any) -> RewardFn:
-    try:
-        entry = _REWARDS[name]
-    except KeyError as e:
-        raise UnknownNameError("reward", name, list(_REWARDS)) from e
+    entry = REWARDS.get(name)
     if isinstance(entry, type):
         return entry(**params)
     if params:
         raise EnvError(f"reward {name!r} takes no parameters, got {sorted(params)}")
     return entry
-
-
-def reward_names() -> list[str]:
-    return sorted(_REWARDS)
 
 
 def parse_leading_int(text: str) -> int | None:

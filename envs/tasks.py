@@ -9,7 +9,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from envs.base import Task
-from envs.errors import EnvError, UnknownNameError
+from envs.errors import EnvError
+from envs.registry import Registry
 
 
 class TaskSource(Protocol):
@@ -24,25 +25,12 @@ class TaskSource(Protocol):
         ...
 
 
-_SOURCES: dict[str, Callable[..., TaskSource]] = {}
-
-
-def register_task_source(name: str) -> Callable[[type], type]:
-    def decorate(cls: type) -> type:
-        if name in _SOURCES:
-            raise ValueError(f"task source {name!r} is already registered")
-        _SOURCES[name] = cls
-        return cls
-
-    return decorate
+TASK_SOURCES: Registry[Callable[..., TaskSource]] = Registry("task source")
+register_task_source = TASK_SOURCES.register
 
 
 def make_task_source(name: str, **kwargs: Any) -> TaskSource:
-    try:
-        factory = _SOURCES[name]
-    except KeyError as e:
-        raise UnknownNameError("task source", name, list(_SOURCES)) from e
-    return factory(**kwargs)
+    return TASK_SOURCES.get(name)(**kwargs)
 
 
 class ArithmeticTaskConfig(BaseModel):

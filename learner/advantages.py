@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import torch
 
-from learner.losses.registry import Registry
+from envs.registry import Registry
 
 AdvantageFn = Callable[[torch.Tensor], torch.Tensor]
 ADVANTAGES: Registry[AdvantageFn] = Registry("advantage estimator")

@@ -48,6 +48,7 @@ class LearnerConfig(BaseModel):
     micro_batch_tokens: int = Field(4096, ge=16)
     """Token budget (rows x padded length) of one micro-batch; gradients accumulate over micro-batches."""
     advantage: str = "grpo"
+    """A registered advantage estimator (learner.advantages.ADVANTAGES)."""
     zero_stage: Literal[0, 1, 2, 3] = 2
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """auto: float32 on CPU, bfloat16 on GPU."""
@@ -64,6 +65,13 @@ class LearnerConfig(BaseModel):
     self_imitation_samples: int = Field(16, ge=1)
     """Replayed trajectories per rank and step (used only when `self_imitation` is set)."""
     seed: int = 0
+
+    @field_validator("advantage")
+    @classmethod
+    def _known_advantage(cls, name: str) -> str:
+        from learner.advantages import ADVANTAGES
+
+        return ADVANTAGES.check(name)
 
     @field_validator("deepspeed")
     @classmethod

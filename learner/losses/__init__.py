@@ -8,7 +8,6 @@ from learner.losses.corrections import importance_ratio, importance_terms
 from learner.losses.loss import LossInputs, StepState, finalize_metrics, fixed_step_state, policy_loss, prepare_step
 from learner.losses.objectives import POLICY_LOSSES, ObjectiveTerms, clipped_surrogate, register_policy_loss
 from learner.losses.regularizers import KL_ESTIMATORS, clip_cov_selection, kl_cov_selection, kl_penalty
-from learner.losses.registry import Registry, UnknownComponentError
 
 __all__ = [
     "AGGREGATIONS",
@@ -17,9 +16,7 @@ __all__ = [
     "LossInputs",
     "Normalizers",
     "ObjectiveTerms",
-    "Registry",
     "StepState",
-    "UnknownComponentError",
     "aggregate",
     "bapo_bounds",
     "bapo_contribution_sums",

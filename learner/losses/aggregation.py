@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from learner.losses.registry import Registry
+from envs.registry import Registry
 
 
 @dataclass(frozen=True)

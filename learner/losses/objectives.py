@@ -14,7 +14,7 @@ import torch
 
 from learner.loss_config import BAPOConfig, CISPOConfig, GSPOConfig, ObjectiveConfig, PPOClipConfig
 from learner.losses.aggregation import masked_sum
-from learner.losses.registry import Registry
+from envs.registry import Registry
 
 
 @dataclass(frozen=True)

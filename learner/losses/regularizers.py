@@ -9,7 +9,7 @@ import torch
 
 from learner.loss_config import ClipCovConfig, KLCovConfig
 from learner.losses.corrections import LOG_RATIO_CLAMP
-from learner.losses.registry import Registry
+from envs.registry import Registry
 
 KL_ESTIMATORS: Registry[Callable[[torch.Tensor], torch.Tensor]] = Registry("KL estimator")
 

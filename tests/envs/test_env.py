@@ -1,6 +1,7 @@
 import pytest
 
 from envs import (
+    ENVS,
     Action,
     CompositeReward,
     EpisodeErrorCounter,
@@ -9,7 +10,6 @@ from envs import (
     SafeEnv,
     Task,
     UnknownNameError,
-    env_names,
     make_env,
 )
 from envs.rewards import correctness
@@ -39,7 +39,7 @@ def test_arithmetic_env_with_a_composite_reward():
 
 
 def test_registry_miss_lists_valid_names():
-    assert {"arithmetic", "chain_arithmetic", "first_digit"} <= set(env_names())
+    assert {"arithmetic", "chain_arithmetic", "first_digit"} <= set(ENVS.names())
     with pytest.raises(UnknownNameError, match="arithmetic, chain_arithmetic, first_digit"):
         make_env("arithmetc")
 

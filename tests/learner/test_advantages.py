@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
+from envs.registry import UnknownNameError
 from learner.advantages import ADVANTAGES, compute_advantages, register_advantage
-from learner.losses import UnknownComponentError
 
 
 def test_grpo_uses_population_std():
@@ -49,7 +49,7 @@ def test_integer_rewards_are_accepted():
 
 
 def test_unknown_name_lists_valid_ones():
-    with pytest.raises(UnknownComponentError, match="'gae'.*dr_grpo, grpo, rloo"):
+    with pytest.raises(UnknownNameError, match="'gae'.*dr_grpo, grpo, rloo"):
         compute_advantages("gae", torch.tensor([1.0, 2.0]))
 
 

@@ -11,6 +11,7 @@ import pydantic
 import pytest
 import torch
 
+from envs.registry import UnknownNameError
 from learner.loss_config import (
     BAPOConfig,
     CISPOConfig,
@@ -25,7 +26,6 @@ from learner.loss_config import (
 from learner.losses import (
     LossInputs,
     Normalizers,
-    UnknownComponentError,
     aggregate,
     compute_normalizers,
     finalize_metrics,
@@ -157,7 +157,7 @@ def test_aggregation_modes(mode, expected):
 
 
 def test_unknown_aggregation_lists_modes():
-    with pytest.raises(UnknownComponentError, match="token-mean"):
+    with pytest.raises(UnknownNameError, match="token-mean"):
         aggregate("sum", torch.ones(1, 1), torch.ones(1, 1), Normalizers(1, 1, 1))
 
 
@@ -265,7 +265,7 @@ def test_kl_estimators_by_hand():
     assert kl_penalty(logp, ref, "k2").tolist() == pytest.approx([0.125, 0.5, 200.0])
     k3 = [math.exp(-0.5) + 0.5 - 1, math.e - 2, math.exp(20) - 21]
     assert kl_penalty(logp, ref, "k3").tolist() == pytest.approx(k3)
-    with pytest.raises(UnknownComponentError, match="k1, k2, k3"):
+    with pytest.raises(UnknownNameError, match="k1, k2, k3"):
         kl_penalty(logp, ref, "k4")
 
 
