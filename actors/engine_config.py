@@ -1,8 +1,20 @@
-"""Settings of one rollout inference engine."""
+"""Settings of one rollout inference engine: the ones Tidal sets itself, and any other vLLM engine
+argument passed through (checked against vLLM's own EngineArgs fields when the config loads)."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+import dataclasses
+from functools import cache
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+@cache
+def vllm_engine_argument_names() -> frozenset[str]:
+    from vllm.engine.arg_utils import EngineArgs
+
+    return frozenset(f.name for f in dataclasses.fields(EngineArgs))
 
 
 class EngineConfig(BaseModel):
@@ -17,3 +29,25 @@ class EngineConfig(BaseModel):
     max_model_len: int = Field(64, gt=0)
     enforce_eager: bool = True
     """CUDA graphs and torch.compile cost more start-up than they save for small models."""
+    vllm: dict[str, Any] = {}
+    """Any other vllm.EngineArgs field, passed through as is (e.g. max_num_seqs, enable_prefix_caching)."""
+
+    @field_validator("vllm")
+    @classmethod
+    def _known_engine_arguments(cls, arguments: dict[str, Any]) -> dict[str, Any]:
+        if not arguments:
+            return arguments
+        ours = set(cls.model_fields) - {"vllm"} | {"model", "seed", "kv_cache_memory_bytes"}
+        taken = sorted(set(arguments) & ours)
+        if taken:
+            raise ValueError(f"{taken} are set by Tidal: use rollout.engine's own fields (or the model/seed settings)")
+        unknown = sorted(set(arguments) - vllm_engine_argument_names())
+        if unknown:
+            raise ValueError(f"unknown vLLM engine arguments {unknown} (not fields of vllm.EngineArgs)")
+        return arguments
+
+    def engine_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of vllm.LLM besides model and seed."""
+        return {"dtype": self.dtype, "enforce_eager": self.enforce_eager,
+                "gpu_memory_utilization": self.gpu_memory_utilization,
+                "kv_cache_memory_bytes": self.kv_cache_mb * 2**20, "max_model_len": self.max_model_len, **self.vllm}

@@ -25,7 +25,7 @@ from buffer.errors import CodecError, SchemaError
 from buffer.schema import Group, Trajectory
 
 MAGIC = b"TDLG"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: role and per-step rewards on each trajectory
 _FIXED = struct.Struct("<4sHII")
 
 # name -> little-endian dtype; prompt_ids has length P, the others the completion length C
@@ -44,6 +44,9 @@ _TRAJ_SCALARS: dict[str, type | tuple[type, ...]] = {
     "env_name": str,
     "task_id": str,
     "timings": dict,
+    "role": str,
+    "step_rewards": list,
+    "step_reward_parts": list,
 }
 _GROUP_SCALARS: dict[str, type | tuple[type, ...]] = {
     "group_id": str,
@@ -59,6 +62,8 @@ def _trajectory_header(traj: Trajectory) -> dict[str, Any]:
     header["reward"] = float(traj.reward)
     header["reward_parts"] = {str(k): float(v) for k, v in traj.reward_parts.items()}
     header["timings"] = {str(k): float(v) for k, v in traj.timings.items()}
+    header["step_rewards"] = [float(r) for r in traj.step_rewards]
+    header["step_reward_parts"] = [{str(k): float(v) for k, v in parts.items()} for parts in traj.step_reward_parts]
     return header
 
 

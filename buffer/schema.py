@@ -22,13 +22,16 @@ class Trajectory:
     loss_mask: np.ndarray  # uint8 [C]: 1 on policy-generated tokens, 0 on env/tool tokens
     behavior_logprobs: np.ndarray  # float32 [C]: logprob under the engine that sampled it (0 where mask is 0)
     policy_versions: np.ndarray  # int32 [C]: version that produced each token (NO_VERSION where mask is 0)
-    reward: float
-    reward_parts: dict[str, float] = field(default_factory=dict)
-    finish_reason: str = "stop"  # "stop" | "length" | "error"
+    reward: float  # the episode return: the sum of step_rewards
+    reward_parts: dict[str, float] = field(default_factory=dict)  # each named part summed over the steps
+    finish_reason: str = "stop"  # "stop" | "length" | "max_turns" (see actors/episode.py)
     num_turns: int = 1
     env_name: str = ""
     task_id: str = ""
     timings: dict[str, float] = field(default_factory=dict)
+    role: str = ""  # the player this trajectory belongs to in a multi-seat game ("" otherwise)
+    step_rewards: list[float] = field(default_factory=list)  # one per env step that rewarded this role
+    step_reward_parts: list[dict[str, float]] = field(default_factory=list)  # the parts of each step
 
     def __post_init__(self) -> None:
         self.prompt_ids = np.ascontiguousarray(self.prompt_ids, dtype=np.int32)

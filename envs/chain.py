@@ -18,7 +18,8 @@ from envs.single_turn import turn_info
 @register_env("chain_arithmetic")
 class ChainArithmeticEnv(Env):
     """`turns` answers per episode. Each step's reward is that turn's reward / turns, so the
-    episode return (the sum over steps) lies in the range of one turn's reward."""
+    episode return (the sum over steps) lies in the range of one turn's reward. The episode's
+    accuracy is 1 when every running total was right."""
 
     def __init__(self, turns: int = 2, max_addend: int = 9, reward: CompositeReward | None = None) -> None:
         if turns < 1 or max_addend < 1:
@@ -29,6 +30,7 @@ class ChainArithmeticEnv(Env):
         self._task: Task | None = None
         self._addends: list[int] = []
         self._turn = 0
+        self._all_correct = True
 
     def reset(self, task: Task) -> Observation:
         # Addends derive from the task id so that every sample of a GRPO group sees the same episode.
@@ -36,6 +38,7 @@ class ChainArithmeticEnv(Env):
         self._addends = [int(x) for x in rng.integers(1, self.max_addend + 1, size=self.turns - 1)]
         self._task = task
         self._turn = 0
+        self._all_correct = True
         return Observation(text=task.prompt)
 
     def step(self, action: Action | str) -> StepResult:
@@ -44,10 +47,12 @@ class ChainArithmeticEnv(Env):
         action = as_action(action)
         info = turn_info(action) | {"turn": self._turn}
         total, parts = self.reward(self._task, action.text, info)
+        self._all_correct = self._all_correct and parts.get("correctness", total) > 0
         self._turn += 1
         if self._turn == self.turns:
             self._task = None
-            return StepResult(observation=None, reward=total / self.turns, done=True, reward_parts=parts, info=info)
+            return StepResult(observation=None, reward=total / self.turns, done=True, reward_parts=parts, info=info,
+                              metrics={"accuracy": float(self._all_correct)})
         addend = self._addends[self._turn - 1]
         self._task = dataclasses.replace(self._task, answer=str(int(self._task.answer) + addend))
         next_observation = Observation(text=f"+{addend}=")

@@ -1,5 +1,7 @@
 """The user-code boundary: an exception inside an env or a reward function fails that
-episode only. It is counted and logged, and never reaches the rollout worker's loop."""
+episode only. It is counted (by env and exception type) and logged, and never reaches the
+rollout worker's loop. Hung env calls are the rollout worker's to bound (actors/env_calls.py);
+they are counted here too, as `TimeoutError`."""
 
 from __future__ import annotations
 
@@ -13,15 +15,15 @@ log = logging.getLogger(__name__)
 
 
 class EpisodeErrorCounter:
-    """Failed episodes by "env_name/phase" (phase: reset | step); safe to share across threads."""
+    """Failed episodes by "env_name/ExceptionType"; safe to share across threads."""
 
     def __init__(self) -> None:
         self._counts: Counter[str] = Counter()
         self._lock = threading.Lock()
 
-    def record(self, env_name: str, phase: str) -> None:
+    def record(self, env_name: str, kind: str) -> None:
         with self._lock:
-            self._counts[f"{env_name}/{phase}"] += 1
+            self._counts[f"{env_name}/{kind}"] += 1
 
     @property
     def total(self) -> int:
@@ -33,7 +35,7 @@ class EpisodeErrorCounter:
             return dict(self._counts)
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
@@ -41,8 +43,8 @@ class SafeEnv(Env):
     """Wraps an env so that `reset` and `step` never raise.
 
     A failed reset returns an Observation whose `error` is set; a failed step returns a
-    done StepResult with reward 0 and `info["error"]`. Workers should drop (or mark
-    finish_reason="error") the episode rather than train on its reward.
+    done StepResult with reward 0 and `info["error"]`. The worker ends such an episode as
+    finish_reason "error" and does not train on it.
     """
 
     def __init__(self, env: Env, errors: EpisodeErrorCounter) -> None:
@@ -51,9 +53,9 @@ class SafeEnv(Env):
         self.name = env.name
 
     def _fail(self, phase: str, exc: Exception) -> dict[str, str]:
-        self.errors.record(self.name, phase)
-        log.warning("env %r failed in %s: %s", self.name, phase, _describe(exc), exc_info=exc)
-        return {"error": _describe(exc), "phase": phase}
+        self.errors.record(self.name, type(exc).__name__)
+        log.warning("env %r failed in %s: %s", self.name, phase, describe(exc), exc_info=exc)
+        return {"error": describe(exc), "phase": phase}
 
     def reset(self, task: Task) -> Observation:
         try:

@@ -13,10 +13,13 @@ def turn_info(action: Action) -> dict[str, object]:
 
 
 class SingleTurnEnv(Env):
-    """Subclasses choose the default reward; the episode logic is shared."""
+    """Subclasses choose the default reward; the episode logic is shared. The episode's
+    accuracy (its evaluation measure) is whether the reward term `success_term` is > 0, or,
+    for a reward without that term, whether the total is."""
 
-    def __init__(self, reward: CompositeReward) -> None:
+    def __init__(self, reward: CompositeReward, success_term: str = "correctness") -> None:
         self.reward = reward
+        self.success_term = success_term
         self._task: Task | None = None
 
     def reset(self, task: Task) -> Observation:
@@ -30,4 +33,5 @@ class SingleTurnEnv(Env):
         action = as_action(action)
         info = turn_info(action)
         total, parts = self.reward(task, action.text, info)
-        return StepResult(observation=None, reward=total, done=True, reward_parts=parts, info=info)
+        return StepResult(observation=None, reward=total, done=True, reward_parts=parts, info=info,
+                          metrics={"accuracy": float(parts.get(self.success_term, total) > 0)})

@@ -31,4 +31,4 @@ class FirstDigitEnv(SingleTurnEnv):
     """Arithmetic prompts, but the reward ignores correctness: only the first digit counts."""
 
     def __init__(self, targets: str = "1234") -> None:
-        super().__init__(CompositeReward([RewardTerm("first_char", 1.0, FirstCharIn(targets))]))
+        super().__init__(CompositeReward([RewardTerm("first_char", 1.0, FirstCharIn(targets))]), "first_char")

@@ -55,7 +55,7 @@ def test_exception_in_reward_fails_the_episode_only():
     result = env.step("68")
     assert result.done and result.reward == 0.0
     assert result.error == "RuntimeError: reward crashed on '68'"
-    assert errors.snapshot() == {"arithmetic/step": 1}
+    assert errors.snapshot() == {"arithmetic/RuntimeError": 1}
     # The next episode of a healthy env sharing the counter is unaffected.
     healthy = SafeEnv(make_env("arithmetic"), errors)
     healthy.reset(TASK)
@@ -69,7 +69,7 @@ def test_exception_in_reset_is_counted():
     observation = env.reset(None)  # type: ignore[arg-type]  # an env bug: task.prompt on None
     assert observation.error is not None and "AttributeError" in observation.error
     assert env.step("1").error.startswith("EpisodeStateError")  # reset never completed
-    assert errors.snapshot() == {"arithmetic/reset": 1, "arithmetic/step": 1}
+    assert errors.snapshot() == {"arithmetic/AttributeError": 1, "arithmetic/EpisodeStateError": 1}
 
 
 def test_chain_env_is_multi_turn():

@@ -1,0 +1,220 @@
+"""The episode loop: keeps one engine busy with many episodes that advance independently.
+
+A group is G episodes of one task. Its first turns share a prompt, so they go to the engine as
+one request for G samples; every later turn is a request of its own, sent as soon as that
+episode's env has answered. Env calls run on other threads (actors/env_calls.py), so while one
+episode waits for a slow tool the engine keeps generating for the others, and new groups can
+join the running batch whenever the caller starts them. A group is handed to its `on_done`
+callback the moment its last episode ends.
+
+    loop.start(key, task, envs, sampling, on_done)    # as many groups as the caller wants in flight
+    while ...:
+        loop.pump()                                   # one engine step, then the env answers that are in
+
+`hold()` stops new requests from reaching the engine (they queue) so that the caller can swap
+weights once the engine has drained; `release()` sends them on.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from actors.engine import Engine, Finished
+from actors.env_calls import EnvCalls, EnvCallTimeout
+from actors.episode import Episode, EpisodeLimits, RoleContext
+from actors.rendering import Renderer, RenderError
+from actors.sampling import SamplingConfig
+from envs import Action, Env, EpisodeErrorCounter, Observation, StepResult, Task
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GroupRun:
+    key: str
+    task: Task
+    episodes: list[Episode]
+    sampling: SamplingConfig
+    on_done: Callable[["GroupRun"], None]
+    open: int  # episodes not yet finished
+    resets_pending: int
+
+
+class EpisodeLoop:
+    def __init__(self, engine: Engine, renderer: Renderer, limits: EpisodeLimits, errors: EpisodeErrorCounter,
+                 max_env_threads: int = 32) -> None:
+        self.engine = engine
+        self.renderer = renderer
+        self.limits = limits
+        self.errors = errors
+        self.calls = EnvCalls(limits.step_timeout_s, max_env_threads)
+        self.budget = min(limits.max_tokens or engine.max_model_len, engine.max_model_len)
+        self._groups: dict[str, GroupRun] = {}
+        self._requests: dict[str, tuple[GroupRun, list[int]]] = {}  # request id -> group, episodes it continues
+        self._in_engine: set[str] = set()
+        self._held: list[tuple[str, list[int], SamplingConfig, int, int]] = []
+        self._holding = False
+        self._ids = itertools.count()
+
+    # -- what the caller sees ------------------------------------------------------------------
+    @property
+    def groups_in_flight(self) -> int:
+        return len(self._groups)
+
+    @property
+    def idle(self) -> bool:
+        return not self._groups
+
+    @property
+    def engine_drained(self) -> bool:
+        """No request is in the engine (held ones may be waiting)."""
+        return not self._in_engine
+
+    def start(self, key: str, task: Task, envs: list[Env], sampling: SamplingConfig,
+              on_done: Callable[[GroupRun], None]) -> None:
+        """Begin one group: an episode of `task` per env (already wrapped in SafeEnv)."""
+        if key in self._groups:
+            raise ValueError(f"group {key!r} is already in flight")
+        episodes = [Episode(task=task, env=env) for env in envs]
+        group = GroupRun(key, task, episodes, sampling, on_done, open=len(episodes), resets_pending=len(episodes))
+        self._groups[key] = group
+        for index, episode in enumerate(episodes):
+            self.calls.submit((key, index), episode.env.reset, task)
+
+    def pump(self, wait_s: float = 0.0) -> None:
+        """One engine step if the engine has work, then every env answer that is in (waiting up to
+        `wait_s` for one when the engine had nothing to do)."""
+        stepped = self.engine.has_unfinished()
+        if stepped:
+            for finished in self.engine.step():
+                self._generated(finished)
+        for (key, index), result in self.calls.poll(0.0 if stepped else wait_s):
+            group = self._groups.get(key)
+            if group is not None:
+                self._answered(group, index, result)
+
+    def hold(self) -> None:
+        self._holding = True
+
+    def release(self) -> None:
+        self._holding = False
+        held, self._held = self._held, []
+        for request in held:
+            self._add(request)
+
+    def close(self) -> None:
+        if self._in_engine:
+            self.engine.abort(list(self._in_engine))
+        self.calls.close()
+
+    # -- generation ------------------------------------------------------------------------------
+    def _request(self, group: GroupRun, indices: list[int], context: list[int]) -> None:
+        """Ask for one sample per episode in `indices`, all continuing `context`."""
+        room = self.budget - len(context)
+        if room < 1:  # overlong: the context filled the budget before the episode ended
+            for index in indices:
+                self._finish(group, group.episodes[index], "length")
+            return
+        request_id = f"{group.key}/{next(self._ids)}"
+        self._requests[request_id] = (group, indices)
+        request = (request_id, context, group.sampling, min(group.sampling.max_new_tokens, room), len(indices))
+        if self._holding:
+            self._held.append(request)
+        else:
+            self._add(request)
+
+    def _add(self, request: tuple[str, list[int], SamplingConfig, int, int]) -> None:
+        self.engine.add(*request)
+        self._in_engine.add(request[0])
+
+    def _first_turns(self, group: GroupRun) -> None:
+        """Episodes whose first contexts are equal share one request of n samples."""
+        by_context: dict[tuple[int, ...], list[int]] = {}
+        for index, episode in enumerate(group.episodes):
+            if not episode.done:
+                by_context.setdefault(tuple(episode.roles[episode.acting].context()), []).append(index)
+        for context, indices in by_context.items():
+            self._request(group, indices, list(context))
+
+    def _generated(self, finished: Finished) -> None:
+        self._in_engine.discard(finished.request_id)
+        group, indices = self._requests.pop(finished.request_id)
+        for index, sample in zip(indices, finished.samples, strict=True):
+            episode = group.episodes[index]
+            episode.roles[episode.acting].append_model(sample)
+            episode.last_finish = sample.finish_reason
+            action = Action(self.renderer.text(sample.token_ids), tuple(sample.token_ids), sample.finish_reason,
+                            max(sample.versions, default=self.engine.version))
+            self.calls.submit((group.key, index), episode.env.step, action)
+
+    # -- env answers -----------------------------------------------------------------------------
+    def _answered(self, group: GroupRun, index: int, result: Observation | StepResult | Exception) -> None:
+        episode = group.episodes[index]
+        if isinstance(result, Exception):
+            self._failed(group, episode, result)
+        elif isinstance(result, Observation):
+            self._reset_done(group, episode, result)
+        elif result.error:
+            self._finish(group, episode, "error", result.error)
+        else:
+            self._stepped(group, index, result)
+
+    def _failed(self, group: GroupRun, episode: Episode, error: Exception) -> None:
+        # SafeEnv turns env and reward exceptions into error results; what arrives here is a hung
+        # call, or a failure of the worker's own code around it.
+        self.errors.record(episode.env.name, type(error).__name__)
+        reason = "timeout" if isinstance(error, EnvCallTimeout) else "error"
+        self._finish(group, episode, reason, f"{type(error).__name__}: {error}")
+
+    def _reset_done(self, group: GroupRun, episode: Episode, observation: Observation) -> None:
+        group.resets_pending -= 1
+        if observation.error:
+            self._finish(group, episode, "error", observation.error)
+        else:
+            episode.roles[observation.role] = RoleContext(observation.role, self.renderer.first(observation))
+            episode.acting = observation.role
+        if group.resets_pending == 0:
+            self._first_turns(group)
+
+    def _stepped(self, group: GroupRun, index: int, result: StepResult) -> None:
+        episode = group.episodes[index]
+        episode.roles[episode.acting].add_reward(result.reward, result.reward_parts)
+        for role, reward in result.role_rewards.items():
+            if role in episode.roles:
+                episode.roles[role].add_reward(reward, {"outcome": reward})
+        if result.done or result.observation is None:
+            episode.metrics = dict(result.metrics)
+            self._finish(group, episode, episode.last_finish)
+            return
+        observation = result.observation
+        role = episode.roles.get(observation.role)
+        try:
+            if role is None:  # a game's other player sees the board for the first time
+                role = episode.roles[observation.role] = RoleContext(observation.role, self.renderer.first(observation))
+                tokens = []
+            else:
+                tokens = self.renderer.next(observation, role.last_token)
+        except RenderError as e:
+            self._finish(group, episode, "error", f"RenderError: {e}")
+            return
+        if len(role) + len(tokens) >= self.budget:  # overlong: no room left for another turn
+            self._finish(group, episode, "length")
+            return
+        role.append_env(tokens)
+        episode.acting = observation.role
+        if role.num_turns >= self.limits.max_turns:
+            self._finish(group, episode, "max_turns")
+        else:
+            self._request(group, [index], role.context())
+
+    def _finish(self, group: GroupRun, episode: Episode, reason: str, error: str | None = None) -> None:
+        if episode.done:
+            return
+        episode.finish(reason, error)
+        group.open -= 1
+        if group.open == 0:
+            del self._groups[group.key]
+            group.on_done(group)

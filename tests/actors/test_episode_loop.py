@@ -1,0 +1,202 @@
+"""The episode loop against a scripted engine: returns, masks, versions, shared first turns,
+limits, hung and failing envs. (tests/integration/test_episodes.py runs it on real vLLM.)"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from actors.episode import EpisodeLimits
+from actors.episode_loop import EpisodeLoop
+from actors.rendering import PlainRenderer
+from actors.sampling import SamplingConfig
+from buffer.schema import NO_VERSION
+from envs import (Action, Env, EpisodeErrorCounter, Observation, SafeEnv, StepResult, Task, make_env,
+                  register_env)
+from tests.actors.conftest import EOS, ScriptedEngine
+
+TASK = Task(task_id="add/23+45", category="carries=0", prompt="23+45=", answer="68")
+SAMPLING = SamplingConfig(max_new_tokens=6)
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _run(loop: EpisodeLoop, groups: list[tuple[Task, list[Env]]], timeout_s: float = 10.0) -> list:
+    done = []
+    for i, (task, envs) in enumerate(groups):
+        loop.start(f"g{i}", task, envs, SAMPLING, done.append)
+    deadline = time.monotonic() + timeout_s
+    while not loop.idle:
+        loop.pump(wait_s=0.01)
+        assert time.monotonic() < deadline, "the loop did not finish its groups"
+    return done
+
+
+def _loop(engine, tokenizer, errors=None, **limits) -> EpisodeLoop:
+    return EpisodeLoop(engine, PlainRenderer(tokenizer), EpisodeLimits(**limits), errors or EpisodeErrorCounter())
+
+
+def _safe(name: str, errors: EpisodeErrorCounter, **params) -> Env:
+    return SafeEnv(make_env(name, **params), errors)
+
+
+def test_single_turn_group_is_one_request_of_n_samples(char_tokenizer):
+    answers = ["68", "67", "68", "1"]
+    engine = ScriptedEngine(lambda prompt, i: _encode(char_tokenizer, answers[i]))
+    errors = EpisodeErrorCounter()
+    [group] = _run(_loop(engine, char_tokenizer, errors), [(TASK, [_safe("arithmetic", errors) for _ in answers])])
+    assert [(n, prompt) for _, prompt, _, n in engine.requests] == [(4, char_tokenizer("23+45=")["input_ids"])]
+    trajectories = [t for e in group.episodes for t in e.trajectories()]
+    assert [t.reward for t in trajectories] == [1.0, 0.0, 1.0, 0.0]
+    first = trajectories[0]
+    assert list(first.completion_ids) == _encode(char_tokenizer, "68") + [EOS]
+    assert list(first.loss_mask) == [1, 1, 1] and list(first.policy_versions) == [0, 0, 0]
+    assert first.finish_reason == "stop" and first.num_turns == 1
+    assert first.step_rewards == [1.0] and first.reward_parts == {"correctness": 1.0}
+    assert [e.metrics for e in group.episodes][:2] == [{"accuracy": 1.0}, {"accuracy": 0.0}]
+
+
+def test_multi_turn_return_is_the_sum_of_step_rewards_and_env_tokens_are_masked(char_tokenizer):
+    env = make_env("chain_arithmetic", turns=3, max_addend=9)
+    first = env.reset(TASK)
+    addends = []
+    result = env.step("68")
+    while not result.done:
+        addends.append(int(result.observation.text[1:-1]))
+        result = env.step("0")
+    totals = [68, 68 + addends[0], 68 + sum(addends)]
+
+    def reply(prompt, i):  # right on turns 1 and 3, wrong on turn 2
+        turn = char_tokenizer.decode(prompt, skip_special_tokens=True).count("=")
+        return _encode(char_tokenizer, "0" if turn == 2 else str(totals[turn - 1]))
+
+    engine = ScriptedEngine(reply)
+    errors = EpisodeErrorCounter()
+    [group] = _run(_loop(engine, char_tokenizer, errors, max_turns=3),
+                   [(TASK, [_safe("chain_arithmetic", errors, turns=3, max_addend=9)])])
+    [trajectory] = group.episodes[0].trajectories()
+    assert trajectory.step_rewards == pytest.approx([1 / 3, 0.0, 1 / 3])
+    assert trajectory.reward == pytest.approx(2 / 3)  # not the last step's reward alone
+    assert trajectory.num_turns == 3 and first.text == "23+45="
+    # The context is the model's tokens and the env's, appended once each, never re-tokenized.
+    pieces = [(str(totals[0]), 1), (f"+{addends[0]}=", 0), ("0", 1), (f"+{addends[1]}=", 0), (str(totals[2]), 1)]
+    expected_ids, expected_mask = [], []
+    for text, generated in pieces:
+        ids = _encode(char_tokenizer, text) + ([EOS] if generated else [])
+        expected_ids += ids
+        expected_mask += [generated] * len(ids)
+    assert list(trajectory.completion_ids) == expected_ids
+    assert list(trajectory.loss_mask) == expected_mask
+    mask = np.array(expected_mask, bool)
+    assert (trajectory.policy_versions[~mask] == NO_VERSION).all() and (trajectory.policy_versions[mask] == 0).all()
+    assert (trajectory.behavior_logprobs[~mask] == 0).all() and (trajectory.behavior_logprobs[mask] == -0.5).all()
+    assert group.episodes[0].metrics == {"accuracy": 0.0}
+
+
+def test_turn_limit_and_token_budget(char_tokenizer):
+    engine = ScriptedEngine(lambda prompt, i: _encode(char_tokenizer, "68"))
+    errors = EpisodeErrorCounter()
+    # Two turns allowed, the chain needs three.
+    [group] = _run(_loop(engine, char_tokenizer, errors, max_turns=2),
+                   [(TASK, [_safe("chain_arithmetic", errors, turns=3)])])
+    assert group.episodes[0].finish_reason == "max_turns" and group.episodes[0].roles[""].num_turns == 2
+    # A budget of 12 tokens: prompt 7 + answer 3 leave 2, too few for the next observation ("+c=").
+    engine.requests.clear()
+    [group] = _run(_loop(engine, char_tokenizer, errors, max_turns=5, max_tokens=12),
+                   [(TASK, [_safe("chain_arithmetic", errors, turns=3)])])
+    [trajectory] = group.episodes[0].trajectories()
+    assert trajectory.finish_reason == "length"
+    assert len(trajectory.prompt_ids) + len(trajectory.completion_ids) == 10  # the observation was not appended
+    assert [(len(prompt), max_tokens) for _, prompt, max_tokens, _ in engine.requests] == [(7, 5)]
+
+
+def test_a_turn_cut_at_max_new_tokens_is_reported_as_length(char_tokenizer):
+    engine = ScriptedEngine(lambda prompt, i: _encode(char_tokenizer, "1234567890"))
+    errors = EpisodeErrorCounter()
+    [group] = _run(_loop(engine, char_tokenizer, errors), [(TASK, [_safe("arithmetic", errors)])])
+    [trajectory] = group.episodes[0].trajectories()
+    assert trajectory.finish_reason == "length" and len(trajectory.completion_ids) == SAMPLING.max_new_tokens
+
+
+@register_env("test_hangs_on_odd_tasks")
+class HangsOnOddTasks(Env):
+    """Hangs (until released) in step when the task id ends with an odd digit."""
+
+    release = threading.Event()
+
+    def reset(self, task: Task) -> Observation:
+        self.task = task
+        return Observation(text=task.prompt)
+
+    def step(self, action: Action | str) -> StepResult:
+        if int(self.task.task_id[-1]) % 2:
+            self.release.wait(30)
+        return StepResult(None, 1.0, True)
+
+
+@register_env("test_raises")
+class Raises(Env):
+    def reset(self, task: Task) -> Observation:
+        return Observation(text=task.prompt)
+
+    def step(self, action: Action | str) -> StepResult:
+        raise KeyError("tool state lost")
+
+
+def test_a_hung_env_ends_only_its_episode_and_does_not_stall_the_others(char_tokenizer):
+    engine = ScriptedEngine(lambda prompt, i: _encode(char_tokenizer, "7"))
+    errors = EpisodeErrorCounter()
+    loop = _loop(engine, char_tokenizer, errors, step_timeout_s=0.5)
+    tasks = [Task(task_id=f"t{i}", category="c", prompt="1+1=", answer="2") for i in range(4)]
+    started = time.monotonic()
+    done = []
+    for i, task in enumerate(tasks):
+        loop.start(f"g{i}", task, [SafeEnv(HangsOnOddTasks(), errors) for _ in range(2)], SAMPLING, done.append)
+    finished_at = {}
+    while not loop.idle:
+        loop.pump(wait_s=0.01)
+        for group in done:
+            finished_at.setdefault(group.key, time.monotonic() - started)
+        assert time.monotonic() - started < 5
+    HangsOnOddTasks.release.set()
+    reasons = {g.key: [e.finish_reason for e in g.episodes] for g in done}
+    assert reasons == {"g0": ["stop", "stop"], "g1": ["timeout", "timeout"], "g2": ["stop", "stop"],
+                       "g3": ["timeout", "timeout"]}
+    assert finished_at["g0"] < 0.4 and finished_at["g2"] < 0.4  # not held up by the hung ones
+    assert errors.snapshot() == {"test_hangs_on_odd_tasks/EnvCallTimeout": 4}
+    assert loop.calls.lost_threads == 4
+
+
+def test_an_env_that_raises_ends_its_episode_as_error_and_is_counted_by_type(char_tokenizer):
+    engine = ScriptedEngine(lambda prompt, i: _encode(char_tokenizer, "7"))
+    errors = EpisodeErrorCounter()
+    [group] = _run(_loop(engine, char_tokenizer, errors),
+                   [(TASK, [SafeEnv(Raises(), errors), _safe("arithmetic", errors)])])
+    assert [e.finish_reason for e in group.episodes] == ["error", "stop"]
+    assert "KeyError" in group.episodes[0].error
+    assert errors.snapshot() == {"test_raises/KeyError": 1}
+
+
+def test_weights_swapped_between_steps_are_recorded_per_token(char_tokenizer):
+    engine = ScriptedEngine(lambda prompt, i: _encode(char_tokenizer, "68"), steps_to_finish=3)
+    errors = EpisodeErrorCounter()
+    loop = _loop(engine, char_tokenizer, errors)
+    done = []
+    loop.start("g0", TASK, [_safe("arithmetic", errors)], SAMPLING, done.append)
+    while not engine.requests:
+        loop.pump(wait_s=0.01)
+    loop.hold()  # a weight swap without mixing: nothing new reaches the engine ...
+    loop.start("g1", TASK, [_safe("arithmetic", errors)], SAMPLING, done.append)
+    while not (loop.engine_drained and done):
+        loop.pump(wait_s=0.01)
+    assert [g.key for g in done] == ["g0"] and len(engine.requests) == 1
+    engine.load_weights([], version=3)  # ... until the engine has drained
+    loop.release()
+    while not loop.idle:
+        loop.pump(wait_s=0.01)
+    assert [list(g.episodes[0].trajectories()[0].policy_versions) for g in done] == [[0, 0, 0], [3, 3, 3]]
