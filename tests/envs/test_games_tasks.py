@@ -1,0 +1,56 @@
+from collections import Counter
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from envs import EnvError, GameTaskConfig, GameTasks, make_task_source
+from envs.games.kuhn import DEALS
+
+
+def test_eval_games_are_fixed_with_each_seat_equally_often():
+    source = make_task_source("games", game="kuhn_poker", eval_games=120)
+    held_out = source.eval_tasks()
+    assert held_out == GameTasks(game="kuhn_poker", eval_games=120).eval_tasks()  # across instances and calls
+    assert len({t.task_id for t in held_out}) == 120
+    assert Counter(t.category for t in held_out) == {"seat0": 60, "seat1": 60}
+    assert held_out[0].task_id == "kuhn_poker/seat0/seed0"
+    assert held_out[0].metadata == {"game": "kuhn_poker", "seat": 0, "seed": 0}
+    deals = Counter((t.metadata["seat"], DEALS[t.metadata["seed"] % 6]) for t in held_out)
+    assert set(deals.values()) == {10}  # every deal 10 times per seat
+
+
+def test_training_tasks_never_equal_eval_tasks():
+    source = GameTasks(game="tictactoe")
+    held_out = {t.task_id for t in source.eval_tasks()}
+    rng = np.random.default_rng(0)
+    sampled = [source.sample(rng) for _ in range(2000)]
+    assert not held_out & {t.task_id for t in sampled}
+    assert Counter(t.category for t in sampled).keys() == {"seat0", "seat1"}
+    assert len({t.metadata["seed"] for t in sampled}) > 1990
+
+
+def test_categories_are_the_seats():
+    source = GameTasks()
+    assert source.categories == ["seat0", "seat1"]
+    rng = np.random.default_rng(1)
+    assert {source.sample(rng, "seat1").metadata["seat"] for _ in range(20)} == {1}
+    with pytest.raises(EnvError, match="unknown category 'seat2'; valid: seat0, seat1"):
+        source.sample(rng, "seat2")
+
+
+def test_training_stream_is_seeded():
+    source = GameTasks()
+    first = [source.sample(np.random.default_rng(7)).task_id for _ in range(3)]
+    assert first == [source.sample(np.random.default_rng(7)).task_id for _ in range(3)]
+
+
+@pytest.mark.parametrize("params", [{"eval_games": 7}, {"eval_games": 0}, {"game": "chess"}, {"seats": 2}])
+def test_config_is_validated(params):
+    with pytest.raises(ValidationError):
+        GameTaskConfig(**params)
+
+
+def test_config_is_frozen():
+    with pytest.raises(ValidationError):
+        GameTaskConfig().eval_games = 10
