@@ -1,12 +1,14 @@
-"""Settings of the rollout side: environment, sampling, workers and admission control."""
+"""Settings of the rollout side: environment, sampling, episode limits, workers and admission."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from actors.engine_config import EngineConfig
+from actors.episode import EpisodeLimits
+from actors.sampling import SamplingConfig
 
 
 class EnvConfig(BaseModel):
@@ -17,14 +19,26 @@ class EnvConfig(BaseModel):
     params: dict[str, Any] = {}
     """Keyword arguments of the environment's constructor."""
     task_source: str = "arithmetic"
+    """A registered task source (envs.TASK_SOURCES)."""
     task_params: dict[str, Any] = {}
 
-    @field_validator("name")
-    @classmethod
-    def _known_env(cls, name: str) -> str:
-        from envs import ENVS
+    @model_validator(mode="after")
+    def _buildable(self) -> "EnvConfig":
+        # Built once here, so that a bad name, parameter, file or column fails when the config
+        # loads, not inside a rollout worker.
+        self.build_task_source()
+        self.build_env()
+        return self
 
-        return ENVS.check(name)
+    def build_task_source(self):
+        from envs import make_task_source
+
+        return make_task_source(self.task_source, **self.task_params)
+
+    def build_env(self):
+        from envs import make_env
+
+        return make_env(self.name, **self.params)
 
 
 class RolloutConfig(BaseModel):
@@ -32,14 +46,15 @@ class RolloutConfig(BaseModel):
 
     num_workers: int = Field(2, ge=1)
     group_size: int = Field(8, ge=2)
-    """G: completions per task; GRPO needs at least 2 to have a baseline."""
-    groups_per_round: int = Field(8, ge=1)
-    """Tasks a worker generates for in one batched engine call before it checks for new weights."""
-    max_new_tokens: int = Field(8, ge=1)
-    """Per turn; a sequence that reaches the engine's max_model_len ends with finish_reason 'length'."""
-    max_turns: int = Field(1, ge=1)
-    temperature: float = Field(1.0, gt=0)
+    """G: episodes per task; GRPO needs at least 2 to have a baseline."""
+    groups_in_flight: int = Field(8, ge=1)
+    """Groups each worker keeps generating at once; a new one starts as soon as one is inserted."""
+    sampling: SamplingConfig = SamplingConfig()
+    limits: EpisodeLimits = EpisodeLimits()
     max_staleness: int = Field(4, ge=0)
     """Admission control: groups are produced at most this many learner versions ahead of use."""
+    partial: bool = False
+    """Partial rollouts: new weights are loaded between engine steps while sequences are in flight
+    (their later tokens carry the new version). False: new requests wait until the engine drains."""
     cpus_per_worker: float = Field(1.0, gt=0)
     engine: EngineConfig = EngineConfig()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -91,6 +92,8 @@ class EpisodeLoop:
         if stepped:
             for finished in self.engine.step():
                 self._generated(finished)
+        elif not self.calls.pending:
+            time.sleep(wait_s)  # nothing to do: do not spin
         for (key, index), result in self.calls.poll(0.0 if stepped else wait_s):
             group = self._groups.get(key)
             if group is not None:

@@ -1,17 +1,24 @@
 """A rollout worker: a Ray actor that owns a vLLM engine and turns tasks into scored groups.
 
-Loop (async mode): load newer weights if the learner published any; ask the weight channel for
-admission (bounded staleness); generate a round of groups; insert them into the replay. In sync
-mode the driver calls `produce` itself. `evaluate` and `stats` run on a second actor thread, so the
-engine is guarded by a lock.
+One thread of the worker owns the engine and runs the episode loop; the actor's methods hand it
+jobs and wait for their results, each within a bound. In async mode (`run`) the thread keeps
+`groups_in_flight` groups generating: it asks the run's admission controller for room (bounded
+staleness; the controller also picks each task's category), starts a group per grant, inserts
+each group into the replay the moment its last episode ends, and loads newer weights between
+engine steps: at once with partial rollouts, after the engine drained otherwise. Sync mode calls
+`produce(k)`; `evaluate` and `probe` run fixed tasks at fixed weights (loads wait until they end).
 """
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import logging
+import queue
 import threading
 import time
 import uuid
+from collections import Counter
+from dataclasses import dataclass, field
 
 import numpy as np
 import ray
@@ -19,122 +26,271 @@ import torch
 
 from actors.config import EnvConfig, RolloutConfig
 from actors.engine import VLLMEngine
-from actors.episode import Episode, EpisodeRunner
+from actors.episode import Episode
+from actors.episode_loop import EpisodeLoop, GroupRun
+from actors.rendering import make_renderer
+from actors.sampling import SamplingConfig
 from actors.weights import WeightSubscriber
 from buffer import Group, ReplayClient, ReplayConfig, learning_signal
-from envs import EpisodeErrorCounter, SafeEnv, Task, make_env, make_task_source
-from envs.rewards import correctness
+from envs import EpisodeErrorCounter, SafeEnv, Task
 
 log = logging.getLogger(__name__)
+CALL_TIMEOUT_S = 60.0  # actor calls to the run's small control actors (admission)
+ADMISSION_RETRY_S = 0.02  # after a refusal, ask again this much later (the loop keeps stepping meanwhile)
+
+
+class WorkerStopped(RuntimeError):
+    """The worker's engine thread ended (stopped, or failed: the message says which)."""
+
+
+@dataclass
+class _EpisodesJob:
+    """Fixed tasks at fixed weights (evaluation, parity probes): one single-episode group each."""
+
+    requests: list[tuple[Task, SamplingConfig]]
+    future: cf.Future = field(default_factory=cf.Future)
+    episodes: dict[int, Episode] = field(default_factory=dict)
 
 
 class RolloutWorker:
     def __init__(self, worker_id: int, model_path: str, cfg: RolloutConfig, env_cfg: EnvConfig,
-                 replay_cfg: ReplayConfig, shard_urls: list[str], channel, seed: int) -> None:
+                 replay_cfg: ReplayConfig, shard_urls: list[str], channel, admission, seed: int) -> None:
         from transformers import AutoTokenizer
 
         torch.set_num_threads(1)  # several workers share the machine's cores
         self.cfg, self.env_cfg = cfg, env_cfg
         self.name = f"w{worker_id}-{uuid.uuid4().hex[:6]}"  # unique per incarnation: group ids never collide
         self.engine = VLLMEngine(model_path, cfg.engine, seed=seed)
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        self.runner = EpisodeRunner(self.engine, self.tokenizer, cfg.max_new_tokens, cfg.max_turns)
-        self.tasks = make_task_source(env_cfg.task_source, **env_cfg.task_params)
+        self.errors = EpisodeErrorCounter()
+        self.loop = EpisodeLoop(self.engine, make_renderer(AutoTokenizer.from_pretrained(model_path)), cfg.limits,
+                                self.errors)
+        self.tasks = env_cfg.build_task_source()
         self.replay = ReplayClient(replay_cfg, shard_urls)
         self.weights = WeightSubscriber(channel)
-        self.errors = EpisodeErrorCounter()
+        self.admission = admission
         self.rng = np.random.default_rng(seed)
-        self._engine_lock = threading.Lock()
-        self._stop = threading.Event()
+        self._jobs: queue.Queue = queue.Queue()
+        self._producing = False  # async mode: keep generating, as admitted
+        self._quota: tuple[int, cf.Future] | None = None  # sync mode: groups still to store, and who waits
+        self._episode_jobs: list[_EpisodesJob] = []
+        self._weight_waiters: list[cf.Future] = []
+        self._training_groups = 0
+        self._finished: list[GroupRun] = []
+        self._next_admission = 0.0
         self._sequence = 0
-        self._counters = {"groups": 0, "generated_tokens": 0, "dropped_groups": 0, "generate_s": 0.0}
+        self._counters: Counter[str] = Counter()
+        self._stopping = threading.Event()
+        self._stop_deadline = 0.0
+        self._stopped = threading.Event()
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._serve, name=f"{self.name}-engine", daemon=True)
+        self._thread.start()
 
-    # -- rounds --------------------------------------------------------------------------------
-    def sync_weights(self) -> int:
-        """Load the latest published weights if they are newer; returns the engine's version."""
-        with self._engine_lock:  # evaluate() may sync from the other actor thread
-            polled = self.weights.poll()
-            if polled is not None:
-                version, state = polled
-                self.engine.load_weights(state.items())
-                self.weights.version = version
-            return self.weights.version
-
-    def produce(self, num_groups: int) -> int:
-        """Generate `num_groups` groups with the current weights and insert them; returns how many were stored."""
-        groups = self._generate_groups([self.tasks.sample(self.rng) for _ in range(num_groups)])
-        return sum(self.replay.insert_many(groups))
-
+    # -- the actor's methods: hand a job to the engine thread, wait for it ------------------------
     def run(self) -> dict:
-        """Produce until `stop()`; each round is admitted by the weight channel first."""
-        n = self.cfg.groups_per_round
-        while not self._stop.is_set():
-            self.sync_weights()
-            if not self.weights.admit(n, buffered=int(self.replay.stats().total("size"))):
-                time.sleep(0.05)
-                continue
-            try:
-                self.produce(n)
-            finally:
-                self.weights.done(n)
+        """Async mode: produce until `stop()`. Returns the final stats; raises what stopped the worker."""
+        self._post(("produce", None))
+        self._stopped.wait()
+        if self._failure is not None:
+            raise WorkerStopped(f"{self.name}: {type(self._failure).__name__}: {self._failure}") from self._failure
         return self.stats()
 
-    def stop(self) -> None:
-        self._stop.set()
+    def produce(self, num_groups: int, timeout_s: float = 600.0) -> int:
+        """Sync mode: generate with the current weights until `num_groups` groups are stored."""
+        future: cf.Future = cf.Future()
+        self._post(("quota", (num_groups, future)))
+        return self._wait(future, timeout_s, f"producing {num_groups} groups")
 
-    def _generate_groups(self, tasks: list[Task]) -> list[Group]:
-        g = self.cfg.group_size
-        started = time.time()
-        with self._engine_lock:
-            version = self.weights.version
-            episodes = self.runner.run(
-                [t for t in tasks for _ in range(g)], [self._env() for _ in range(len(tasks) * g)],
-                temperature=self.cfg.temperature, version=version)
-        self._counters["generate_s"] += time.time() - started
-        groups = [self._group(task, episodes[i * g:(i + 1) * g]) for i, task in enumerate(tasks)]
-        return [group for group in groups if group is not None]
+    def sync_weights(self, timeout_s: float = 120.0) -> int:
+        """Load the latest published weights (after in-flight requests finish); returns their version."""
+        future: cf.Future = cf.Future()
+        self._post(("weights", future))
+        return self._wait(future, timeout_s, "loading the latest weights")
 
-    def _env(self):
-        return SafeEnv(make_env(self.env_cfg.name, **self.env_cfg.params), self.errors)
-
-    def _group(self, task: Task, episodes: list[Episode]) -> Group | None:
-        # An episode that failed in env or reward code is dropped (already counted by SafeEnv);
-        # a group needs two survivors to have a baseline.
-        survivors = [e for e in episodes if e.error is None]
-        if len(survivors) < 2:
-            self._counters["dropped_groups"] += 1
-            return None
-        trajectories = [e.to_trajectory() for e in survivors]
-        self._sequence += 1
-        self._counters["groups"] += 1
-        self._counters["generated_tokens"] += sum(t.num_generated_tokens for t in trajectories)
-        rewards = np.array([t.reward for t in trajectories])
-        return Group(group_id=f"{self.name}:{self._sequence}", task_id=task.task_id, category=task.category,
-                     created_at=time.time(), trajectories=trajectories, priority=learning_signal(rewards))
-
-    # -- evaluation and monitoring -------------------------------------------------------------
-    def evaluate(self, temperature: float) -> dict:
-        """Accuracy on the fixed held-out tasks with the latest weights (pass@1 at `temperature`)."""
-        version = self.sync_weights()
+    def evaluate(self, temperatures: tuple[float, ...] = (1.0, 0.0), timeout_s: float = 600.0) -> dict:
+        """The env's own measures on its task source's held-out set, averaged per temperature, all at
+        one policy version: {"policy_version": v, "episodes": n, "<temperature>": {measure: mean}}."""
         tasks = self.tasks.eval_tasks()
-        with self._engine_lock:
-            episodes = self.runner.run(tasks, [self._env() for _ in tasks], temperature=temperature, version=version)
-        correct = [correctness(e.task, self.tokenizer.decode(e.completion_ids, skip_special_tokens=True), {})
-                   for e in episodes]
-        return {"accuracy": float(np.mean(correct)), "policy_version": version, "num_tasks": len(tasks)}
+        samplings = [self.cfg.sampling.model_copy(update={"temperature": t}) for t in temperatures]
+        job = _EpisodesJob([(task, sampling) for sampling in samplings for task in tasks])
+        episodes, version = self._episodes(job, timeout_s, "evaluating")
+        results = {"policy_version": version, "episodes": len(tasks)}
+        for k, temperature in enumerate(temperatures):
+            results[str(temperature)] = eval_measures(episodes[k * len(tasks):(k + 1) * len(tasks)])
+        return results
 
-    def probe(self, num_tasks: int) -> list[dict]:
-        """Sample fresh completions with the current weights, for checking engine/learner parity."""
-        version = self.sync_weights()
-        tasks = [self.tasks.sample(self.rng) for _ in range(num_tasks)]
-        with self._engine_lock:
-            episodes = self.runner.run(tasks, [self._env() for _ in tasks], temperature=1.0, version=version)
-        return [{"token_ids": e.context(), "prompt_len": len(e.prompt_ids), "logprobs": e.logprobs,
-                 "policy_version": version} for e in episodes]
+    def probe(self, num_tasks: int, timeout_s: float = 120.0) -> list[dict]:
+        """Fresh samples of training tasks at the current weights, for checking engine/learner parity."""
+        job = _EpisodesJob([(self.tasks.sample(self.rng), self.cfg.sampling) for _ in range(num_tasks)])
+        episodes, version = self._episodes(job, timeout_s, "probing")
+        contexts = [e.roles[""] for e in episodes]
+        return [{"token_ids": c.context(), "prompt_len": len(c.prompt_ids), "logprobs": c.logprobs,
+                 "loss_mask": c.loss_mask, "policy_version": version} for c in contexts]
+
+    def stop(self, drain_timeout_s: float = 60.0) -> None:
+        """Stop admitting; finish and insert the groups in flight (within the bound), then end."""
+        self._post(("stop", time.monotonic() + drain_timeout_s))
+        self._stopped.wait(drain_timeout_s + 10.0)
 
     def stats(self) -> dict:
         return {**self._counters, "name": self.name, "policy_version": self.weights.version,
-                "episode_errors": self.errors.total}
+                "groups_in_flight": self._training_groups, "env_threads_lost": self.loop.calls.lost_threads,
+                "episode_errors": self.errors.snapshot()}
+
+    def _post(self, job) -> None:
+        if self._stopped.is_set():
+            raise WorkerStopped(f"{self.name} has stopped" + (f": {self._failure}" if self._failure else ""))
+        self._jobs.put(job)
+
+    def _wait(self, future: cf.Future, timeout_s: float, what: str):
+        try:
+            return future.result(timeout=timeout_s)
+        except cf.TimeoutError as e:
+            raise TimeoutError(f"{self.name}: {what} took longer than {timeout_s}s") from e
+
+    def _episodes(self, job: _EpisodesJob, timeout_s: float, what: str) -> tuple[list[Episode], int]:
+        self._post(("episodes", job))
+        version = self._wait(job.future, timeout_s, what)
+        return [job.episodes[i] for i in range(len(job.requests))], version
+
+    # -- the engine thread ----------------------------------------------------------------------
+    def _serve(self) -> None:
+        try:
+            while not self._take_jobs():
+                self._update_weights()
+                self._start_groups()
+                self.loop.pump(wait_s=0.005)
+                self._insert_finished()
+        except BaseException as e:  # the worker's own failure: reported by run() and every waiter
+            log.exception("%s: engine thread failed", self.name)
+            self._failure = e
+        finally:
+            self._shutdown()
+
+    def _take_jobs(self) -> bool:
+        """Apply the jobs that arrived; True once the worker should end."""
+        while True:
+            try:
+                kind, value = self._jobs.get(block=self.loop.idle and not self._producing and not self._quota,
+                                             timeout=0.05)
+            except queue.Empty:
+                break
+            if kind == "produce":
+                self._producing = True
+            elif kind == "quota":
+                self._quota = value
+            elif kind == "weights":
+                self._weight_waiters.append(value)
+            elif kind == "episodes":
+                self._start_episodes(value)
+            elif kind == "stop":
+                self._producing, self._stop_deadline = False, value
+                self._stopping.set()
+        if self._stopping.is_set():
+            return self._training_groups == 0 or time.monotonic() >= self._stop_deadline
+        return False
+
+    def _update_weights(self) -> None:
+        if self._episode_jobs:  # evaluation and probes run at one version: no load until they end
+            self.loop.release()
+            return
+        if not self.weights.newer(force=bool(self._weight_waiters)):
+            for waiter in self._weight_waiters:
+                waiter.set_result(self.weights.version)
+            self._weight_waiters.clear()
+            return
+        if not self.cfg.partial or self._weight_waiters:
+            self.loop.hold()  # no request mixes two versions: new ones wait until the engine drained
+            if not self.loop.engine_drained:
+                return
+        head, state = self.weights.fetch()
+        self.engine.load_weights(state.items(), head[1])
+        self.weights.loaded(head)
+        self.loop.release()
+        self._counters["weight_loads"] += 1
+
+    def _start_groups(self) -> None:
+        room = self.cfg.groups_in_flight - self._training_groups
+        if self._quota is not None:
+            room = min(room, self._quota[0] - self._training_groups)
+        elif not self._producing:
+            return
+        if room <= 0 or time.monotonic() < self._next_admission:
+            return
+        categories = ray.get(self.admission.admit.remote(self.name, room, self.replay.size()), timeout=CALL_TIMEOUT_S)
+        if not categories:
+            self._next_admission = time.monotonic() + ADMISSION_RETRY_S
+        for category in categories:
+            task = self.tasks.sample(self.rng, category)
+            self._sequence += 1
+            self.loop.start(f"{self.name}:{self._sequence}", task, self._envs(self.cfg.group_size),
+                            self.cfg.sampling, self._finished.append)
+            self._training_groups += 1
+
+    def _start_episodes(self, job: _EpisodesJob) -> None:
+        self._episode_jobs.append(job)
+        self._sequence += 1
+        for index, (task, sampling) in enumerate(job.requests):
+            def done(run: GroupRun, index=index) -> None:
+                job.episodes[index] = run.episodes[0]
+                if len(job.episodes) == len(job.requests):
+                    self._episode_jobs.remove(job)
+                    job.future.set_result(self.weights.version)
+
+            self.loop.start(f"{self.name}:e{self._sequence}:{index}", task, self._envs(1), sampling, done)
+
+    def _envs(self, count: int) -> list[SafeEnv]:
+        return [SafeEnv(self.env_cfg.build_env(), self.errors) for _ in range(count)]
+
+    def _insert_finished(self) -> None:
+        if not self._finished:
+            return
+        runs, self._finished = self._finished, []
+        self._training_groups -= len(runs)
+        groups = [g for g in map(self._group, runs) if g is not None]
+        stored = sum(self.replay.insert_many(groups)) if groups else 0
+        self._counters["groups"] += stored
+        self._counters["groups_not_stored"] += len(groups) - stored
+        ray.get(self.admission.done.remote(self.name, len(runs), stored), timeout=CALL_TIMEOUT_S)
+        if self._quota is not None:
+            left, future = self._quota
+            self._quota = (left - stored, future)
+            if left - stored <= 0 and self._training_groups == 0:
+                self._quota = None
+                future.set_result(self._counters["groups"])
+
+    def _group(self, run: GroupRun) -> Group | None:
+        """The group of a finished run; episodes that failed (env error, timeout) are left out, and
+        a group needs two trajectories left to have a baseline."""
+        for episode in run.episodes:
+            self._counters[f"finish/{episode.finish_reason}"] += 1
+        trajectories = [t for e in run.episodes if not e.failed for t in e.trajectories()]
+        if len(trajectories) < 2:
+            self._counters["dropped_groups"] += 1
+            return None
+        self._counters["generated_tokens"] += sum(t.num_generated_tokens for t in trajectories)
+        rewards = np.array([t.reward for t in trajectories])
+        return Group(group_id=run.key, task_id=run.task.task_id, category=run.task.category, created_at=time.time(),
+                     trajectories=trajectories, priority=learning_signal(rewards))
+
+    def _shutdown(self) -> None:
+        error = WorkerStopped(f"{self.name} stopped" + (f": {self._failure}" if self._failure else ""))
+        for future in [*self._weight_waiters, *(j.future for j in self._episode_jobs),
+                       *([self._quota[1]] if self._quota else [])]:
+            if not future.done():
+                future.set_exception(error)
+        self.loop.close()
+        self.replay.close()
+        self._stopped.set()
 
 
-RemoteRolloutWorker = ray.remote(max_concurrency=2)(RolloutWorker)
+def eval_measures(episodes: list[Episode]) -> dict[str, float]:
+    """Mean of each measure the env reported (an episode that failed counts as 0 in each), the mean
+    return, and the share of failed episodes."""
+    names = sorted({name for e in episodes for name in e.metrics})
+    measures = {name: float(np.mean([e.metrics.get(name, 0.0) for e in episodes])) for name in names}
+    return measures | {"return": float(np.mean([e.reward for e in episodes])),
+                       "failed": float(np.mean([e.failed for e in episodes]))}
+
+
+RemoteRolloutWorker = ray.remote(max_concurrency=4)(RolloutWorker)

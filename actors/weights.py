@@ -1,30 +1,57 @@
-"""The rollout side of the weight channel: fetch newer weights when the learner has published them."""
+"""The rollout side of the weight channel: notice newer weights and fetch them, within bounds.
+
+A published policy is identified by (epoch, version). The version counts learner updates; the
+epoch grows when the learner is restored from a checkpoint, so weights of an earlier version that
+replace a lost timeline are still new to a worker that held later ones.
+"""
 
 from __future__ import annotations
+
+import time
 
 import ray
 import torch
 
+FETCH_TIMEOUT_S = 60.0  # the channel is a tiny actor and the weights a local object: far above normal
+
+
+class WeightFetchError(RuntimeError):
+    """The weight channel or the published weights could not be reached in time."""
+
 
 class WeightSubscriber:
-    def __init__(self, channel) -> None:
+    def __init__(self, channel, poll_every_s: float = 0.02) -> None:
         self._channel = channel  # a WeightChannel actor handle
-        self.version = 0  # version of the weights the engine holds; 0 = the initial checkpoint
+        self.head = (0, 0)  # (epoch, version) of the weights the engine holds; (0, 0): the initial checkpoint
+        self._poll_every_s = poll_every_s
+        self._next_poll = 0.0
+        self._pending: tuple[int, int] | None = None
 
-    def learner_version(self) -> int:
-        return ray.get(self._channel.version.remote())
+    @property
+    def version(self) -> int:
+        return self.head[1]
 
-    def poll(self) -> tuple[int, dict[str, torch.Tensor]] | None:
-        """Newer weights and their version, or None when the engine is up to date."""
-        if self.learner_version() <= self.version:
-            return None
-        version, refs = ray.get(self._channel.latest.remote())
-        if not refs or version <= self.version:
-            return None
-        return version, ray.get(refs[0])
+    def newer(self, force: bool = False) -> bool:
+        """Whether newer weights were published (asks the channel at most every poll_every_s, unless forced)."""
+        if self._pending is None and (force or time.monotonic() >= self._next_poll):
+            self._next_poll = time.monotonic() + self._poll_every_s
+            head = tuple(_get(self._channel.head.remote(), "the weight channel's head"))
+            if head != self.head and head[1] > 0:
+                self._pending = head
+        return self._pending is not None
 
-    def admit(self, num_groups: int, buffered: int) -> bool:
-        return ray.get(self._channel.admit.remote(num_groups, buffered))
+    def fetch(self) -> tuple[tuple[int, int], dict[str, torch.Tensor]]:
+        """The latest published weights and their (epoch, version); mark them held with `loaded`."""
+        epoch, version, refs = _get(self._channel.latest.remote(), "the weight channel's latest weights")
+        return (epoch, version), _get(refs[0], f"the weights of version {version}")
 
-    def done(self, num_groups: int) -> None:
-        ray.get(self._channel.done.remote(num_groups))
+    def loaded(self, head: tuple[int, int]) -> None:
+        self.head = head
+        self._pending = None
+
+
+def _get(ref, what: str):
+    try:
+        return ray.get(ref, timeout=FETCH_TIMEOUT_S)
+    except ray.exceptions.GetTimeoutError as e:
+        raise WeightFetchError(f"{what} did not arrive within {FETCH_TIMEOUT_S}s") from e

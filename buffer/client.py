@@ -354,6 +354,17 @@ class ReplayClient:
                 self._count("dropped_priority_updates", len(batch))
         return applied
 
+    def size(self) -> int:
+        """Groups held by the shards that answer (one cheap call per shard)."""
+        total = 0
+        for shard in self._shards:
+            if shard.available():
+                try:
+                    total += shard.size()
+                except ShardUnavailable:
+                    continue
+        return total
+
     def stats(self, learner_version: int | None = None) -> ReplayStats:
         """Per-shard statistics; the staleness histogram is relative to `learner_version` (default: the
         latest version a sample call reported to that shard)."""

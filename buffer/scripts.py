@@ -6,7 +6,7 @@ from functools import cache
 from pathlib import Path
 
 _LUA_DIR = Path(__file__).parent / "lua"
-SCRIPT_NAMES = ("init", "insert", "sample", "mass", "update", "quarantine", "stats")
+SCRIPT_NAMES = ("init", "insert", "sample", "mass", "update", "quarantine", "stats", "size")
 
 
 @cache

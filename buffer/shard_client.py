@@ -237,6 +237,9 @@ class ShardConnection:
         size, mass = self.call("mass", [learner_version])
         return int(size), float(mass)
 
+    def size(self) -> int:
+        return int(self.call("size", []))
+
     def update(self, priorities: dict[str, float]) -> int:
         flat: list = []
         for group_id, priority in priorities.items():

@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from actors.config import EnvConfig, RolloutConfig
+from envs import CurriculumConfig
 from buffer import ReplayConfig
 from cluster.demo_model import DemoModelSettings
 from learner.config import LearnerConfig, merge_nested
@@ -67,6 +68,8 @@ class RunConfig(BaseModel):
     run_root: Path = Path("runs")
     model: ModelConfig = ModelConfig()
     env: EnvConfig = EnvConfig()
+    curriculum: CurriculumConfig = CurriculumConfig()
+    """Which task category each new group draws; the same distribution for every worker."""
     rollout: RolloutConfig = RolloutConfig()
     replay: ReplayConfig = ReplayConfig()
     learner: LearnerConfig = LearnerConfig()
@@ -77,9 +80,9 @@ class RunConfig(BaseModel):
     @model_validator(mode="after")
     def _rounds_fit_the_staleness_window(self) -> "RunConfig":
         window = (self.rollout.max_staleness + 1) * self.learner.groups_per_step
-        if self.rollout.groups_per_round > window:
-            raise ValueError(f"rollout.groups_per_round={self.rollout.groups_per_round} exceeds the admission window "
-                             f"(max_staleness + 1) * learner.groups_per_step = {window}: no round could ever start")
+        if self.rollout.groups_in_flight > window:
+            raise ValueError(f"rollout.groups_in_flight={self.rollout.groups_in_flight} exceeds the admission window "
+                             f"(max_staleness + 1) * learner.groups_per_step = {window}: it could never be reached")
         return self
 
 

@@ -21,6 +21,7 @@ import yaml
 
 from actors.rollout_worker import RemoteRolloutWorker
 from buffer import ReplayClient, start_local_shards, stop_local_shards
+from cluster.admission import RemoteAdmissionController
 from cluster.config import ConfigError, RunConfig
 from cluster.control import RunStatus, start_controller
 from cluster.demo_model import build_demo_model
@@ -43,6 +44,7 @@ class Cluster:
     """The live parts of a run, for the loop."""
 
     channel: object
+    admission: object  # AdmissionController: how much to generate, and on which categories
     controller: object  # RunController: status for `tidal status`, desired size from `tidal scale`
     replay: ReplayClient  # the driver's own client, for replay statistics
     learners: list
@@ -108,7 +110,9 @@ def start_cluster(cfg: RunConfig, model_path: str, run_dir: Path, stack: ExitSta
                                   replay_cfg, shard_urls)
     replay = ReplayClient(replay_cfg, shard_urls)
     stack.callback(replay.close)
-    channel = WeightChannel.remote(cfg.learner.groups_per_step, cfg.rollout.max_staleness)
+    channel = WeightChannel.remote()
+    admission = RemoteAdmissionController.remote(cfg.learner.groups_per_step, cfg.rollout.max_staleness,
+                                                 cfg.curriculum, cfg.env.build_task_source().categories, cfg.seed)
     port = _free_port()
     learners = [
         RemoteLearner.options(num_cpus=1, name=f"learner-{rank}").remote(
@@ -119,21 +123,25 @@ def start_cluster(cfg: RunConfig, model_path: str, run_dir: Path, stack: ExitSta
 
     def start_worker(index: int):
         return RemoteRolloutWorker.options(num_cpus=cfg.rollout.cpus_per_worker, max_concurrency=4).remote(
-            index, model_path, cfg.rollout, cfg.env, replay_cfg, shard_urls, channel, cfg.seed + 1000 * (index + 1))
+            index, model_path, cfg.rollout, cfg.env, replay_cfg, shard_urls, channel, admission,
+            cfg.seed + 1000 * (index + 1))
 
     workers = [start_worker(i) for i in range(cfg.rollout.num_workers)]
     progress.note(f"starting {len(learners)} learner rank(s) and {len(workers)} rollout workers (vLLM warm-up)...")
     ray.get([w.stats.remote() for w in workers] + [l.groups_for_this_rank.remote() for l in learners])
-    return Cluster(channel=channel, controller=controller, replay=replay, learners=learners, workers=workers,
-                   start_worker=start_worker)
+    return Cluster(channel=channel, admission=admission, controller=controller, replay=replay, learners=learners,
+                   workers=workers, start_worker=start_worker)
 
 
 def evaluate(cluster: Cluster) -> dict:
-    """Held-out accuracy of the latest published policy: sampled (T=1, pass@1) and greedy."""
+    """The env's own measures on its held-out set at the latest weights: sampled (T=1, pass@1) as
+    `eval_<measure>` and greedy as `eval_<measure>_greedy`."""
     evaluator = cluster.workers[0]
-    sampled, greedy = ray.get([evaluator.evaluate.remote(1.0), evaluator.evaluate.remote(0.0)])
-    return {"eval_accuracy": sampled["accuracy"], "eval_accuracy_greedy": greedy["accuracy"],
-            "eval_policy_version": sampled["policy_version"]}
+    results = ray.get(evaluator.evaluate.remote((1.0, 0.0)))
+    record = {"eval_policy_version": results["policy_version"]}
+    for temperature, suffix in (("1.0", ""), ("0.0", "_greedy")):
+        record |= {f"eval_{name}{suffix}": value for name, value in results[temperature].items()}
+    return record
 
 
 SUMMED_OVER_RANKS = ("learner_tokens_per_s", "groups")  # per-rank counts; everything else is already global
@@ -153,10 +161,9 @@ def produce_on_policy(cluster: Cluster, num_groups: int) -> None:
     """Sync mode: every worker loads the newest weights, then the workers fill the replay with one
     batch of groups that carry a learning signal (zero-signal groups are not stored)."""
     ray.get([w.sync_weights.remote() for w in cluster.workers])
-    while (missing := num_groups - int(cluster.replay.stats().total("size"))) > 0:
-        n = len(cluster.workers)
-        shares = [missing // n + (i < missing % n) for i in range(n)]
-        ray.get([w.produce.remote(k) for w, k in zip(cluster.workers, shares) if k])
+    n = len(cluster.workers)
+    shares = [num_groups // n + (i < num_groups % n) for i in range(n)]
+    ray.get([w.produce.remote(k) for w, k in zip(cluster.workers, shares) if k])
 
 
 class RolloutMeter:
@@ -172,7 +179,7 @@ class RolloutMeter:
 
     def _totals(self) -> tuple[float, float]:
         stats = ray.get([w.stats.remote() for w in self.cluster.workers])
-        return sum(s["groups"] for s in stats), sum(s["generated_tokens"] for s in stats)
+        return sum(s.get("groups", 0) for s in stats), sum(s.get("generated_tokens", 0) for s in stats)
 
     def rates(self) -> dict:
         (groups, tokens), now = self._totals(), time.time()

@@ -26,9 +26,12 @@ class Progress:
         self.console.log(message)
 
     def evaluated(self, step: int, record: dict) -> None:
-        self._eval = f"eval {record['eval_accuracy']:.2f}/{record['eval_accuracy_greedy']:.2f}"
-        self.console.log(f"step {step}: held-out accuracy sampled {record['eval_accuracy']:.3f}, "
-                         f"greedy {record['eval_accuracy_greedy']:.3f}")
+        """One line per evaluation: each of the env's measures, sampled (T=1) / greedy."""
+        names = [k[len("eval_"):] for k in record if k.startswith("eval_") and f"{k}_greedy" in record]
+        shown = [name for name in names if name not in ("return", "failed")] or names
+        self._eval = "eval " + " ".join(f"{record[f'eval_{n}']:.2f}/{record[f'eval_{n}_greedy']:.2f}" for n in shown[:2])
+        self.console.log(f"step {step}: held-out (sampled / greedy) " + ", ".join(
+            f"{n} {record[f'eval_{n}']:.3f} / {record[f'eval_{n}_greedy']:.3f}" for n in shown))
 
     def stepped(self, record: dict) -> None:
         text = (f"reward {record.get('reward_mean', float('nan')):.2f}  {self._eval}  "

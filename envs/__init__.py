@@ -2,6 +2,7 @@
 
 from envs.arithmetic import ArithmeticEnv
 from envs.base import ENVS, Action, Env, Observation, StepResult, Task, make_env, register_env
+from envs.calculator import CalculatorEnv, CalculatorError, ToolBonusConfig, evaluate_expression
 from envs.chain import ChainArithmeticEnv
 from envs.curriculum import (
     Curriculum,
@@ -13,6 +14,17 @@ from envs.curriculum import (
     mean_abs_advantage_by_category,
 )
 from envs.errors import EnvError, EpisodeStateError
+from envs.games import (
+    OPPONENTS,
+    GameEnv,
+    GameTaskConfig,
+    GameTasks,
+    KuhnPokerEnv,
+    KuhnPokerSelfPlayEnv,
+    TicTacToeEnv,
+    TicTacToeSelfPlayEnv,
+)
+from envs.math_data import MathDataError, MathDatasetConfig, MathDatasetTasks, extract_answer, normalize_number
 from envs.registry import Registry, UnknownNameError
 from envs.rewards import (
     CompositeReward,
@@ -37,6 +49,7 @@ from envs.toy import FirstDigitEnv
 
 __all__ = [
     "ENVS",
+    "OPPONENTS",
     "REWARDS",
     "TASK_SOURCES",
     "Registry",
@@ -44,6 +57,8 @@ __all__ = [
     "ArithmeticEnv",
     "ArithmeticTaskConfig",
     "ArithmeticTasks",
+    "CalculatorEnv",
+    "CalculatorError",
     "ChainArithmeticEnv",
     "CompositeReward",
     "Curriculum",
@@ -53,6 +68,14 @@ __all__ = [
     "EpisodeErrorCounter",
     "EpisodeStateError",
     "FirstDigitEnv",
+    "GameEnv",
+    "GameTaskConfig",
+    "GameTasks",
+    "KuhnPokerEnv",
+    "KuhnPokerSelfPlayEnv",
+    "MathDataError",
+    "MathDatasetConfig",
+    "MathDatasetTasks",
     "Observation",
     "OverlongPenalty",
     "RewardFn",
@@ -64,12 +87,18 @@ __all__ = [
     "Task",
     "TaskSampler",
     "TaskSource",
+    "TicTacToeEnv",
+    "TicTacToeSelfPlayEnv",
+    "ToolBonusConfig",
     "UniformCurriculum",
     "UnknownNameError",
+    "evaluate_expression",
+    "extract_answer",
     "make_curriculum",
     "make_env",
     "make_reward",
     "mean_abs_advantage_by_category",
+    "normalize_number",
     "register_env",
     "register_reward",
     "register_task_source",

@@ -35,6 +35,14 @@ class Curriculum(Protocol):
 
     def update(self, signals: Mapping[str, float]) -> None: ...
 
+    def probabilities(self) -> dict[str, float]:
+        """Category -> probability of the next draw (empty when no category is chosen)."""
+
+    def state(self) -> dict:
+        """What a checkpoint keeps (JSON-serialisable)."""
+
+    def load_state(self, state: Mapping) -> None: ...
+
 
 class UniformCurriculum:
     """No preference: the task source samples from its whole training pool."""
@@ -44,6 +52,15 @@ class UniformCurriculum:
 
     def update(self, signals: Mapping[str, float]) -> None:
         """Nothing to learn: uniform sampling ignores the learning signal."""
+
+    def probabilities(self) -> dict[str, float]:
+        return {}
+
+    def state(self) -> dict:
+        return {}
+
+    def load_state(self, state: Mapping) -> None:
+        """Stateless."""
 
 
 class SECCurriculum:
@@ -73,6 +90,14 @@ class SECCurriculum:
             raise EnvError(f"SEC update for unknown categories {sorted(unknown)}; known: {self.categories}")
         for category, reward in signals.items():
             self.q[category] = self.alpha * reward + (1.0 - self.alpha) * self.q[category]
+
+    def state(self) -> dict:
+        return {"q": dict(self.q)}
+
+    def load_state(self, state: Mapping) -> None:
+        if set(state["q"]) != set(self.q):
+            raise EnvError(f"SEC state has categories {sorted(state['q'])}, this run has {self.categories}")
+        self.q = {c: float(v) for c, v in state["q"].items()}
 
 
 def mean_abs_advantage_by_category(groups: Iterable[tuple[str, Sequence[float]]]) -> dict[str, float]:

@@ -146,10 +146,11 @@ class Learner:
                 "staleness_mean": float(self.version - behaviour_versions.mean()) if mask.any() else 0.0,
                 "importance_weight_mean": float(np.mean([s.weight for s in samples]))}
 
-    def publish(self) -> None:
+    def publish(self, rewind: bool = False) -> None:
+        """Rank 0 puts the weights in the object store and announces them (rewind: after a restore)."""
         if self.rank == 0:
             weights_ref = ray.put(self.engine.named_weights())
-            ray.get(self.channel.publish.remote(self.version, [weights_ref]))
+            ray.get(self.channel.publish.remote(self.version, [weights_ref], rewind))
 
     def recompute_logprobs(self, trajectories_ids: list[list[int]]) -> list[list[float]]:
         """Next-token logprobs of each sequence under the current weights (for checking engine parity)."""

@@ -15,20 +15,36 @@ IGNORE_INDEX = -100  # label value that torch's cross-entropy (and HF models) sk
 
 @dataclass(frozen=True)
 class SFTExample:
+    """A plain-text episode: prompt, the model's first turn, then (observation, model turn) pairs."""
+
     prompt: str
     completion: str  # without the EOS token: the tokenizer's EOS is appended as a target
+    turns: tuple[tuple[str, str], ...] = ()  # later (env observation, model turn) pairs of a multi-turn episode
+
+
+def _example_tokens(tokenizer: PreTrainedTokenizerBase, example: SFTExample) -> tuple[list[int], list[int]]:
+    """(input ids, labels) laid out as the rollout worker builds a plain-text context: the prompt with
+    BOS, each model turn ending in EOS (trained on), each observation appended as it is (not trained)."""
+    def encode(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    ids = tokenizer(example.prompt)["input_ids"]  # adds BOS, as generation will
+    labels = [IGNORE_INDEX] * len(ids)
+    for observation, turn in ((None, example.completion), *example.turns):
+        if observation is not None:
+            observed = encode(observation)
+            ids, labels = ids + observed, labels + [IGNORE_INDEX] * len(observed)
+        generated = [*encode(turn), tokenizer.eos_token_id]
+        ids, labels = ids + generated, labels + generated
+    return ids, labels
 
 
 def tokenize_examples(
     tokenizer: PreTrainedTokenizerBase, examples: Sequence[SFTExample]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded (input_ids, attention_mask, labels); labels are IGNORE_INDEX on prompt and padding."""
-    rows = []
-    for example in examples:
-        prompt_ids = tokenizer(example.prompt)["input_ids"]  # adds BOS, as generation will
-        completion_ids = tokenizer(example.completion, add_special_tokens=False)["input_ids"]
-        completion_ids = [*completion_ids, tokenizer.eos_token_id]
-        rows.append((prompt_ids + completion_ids, [IGNORE_INDEX] * len(prompt_ids) + completion_ids))
+    """Right-padded (input_ids, attention_mask, labels); labels are IGNORE_INDEX on prompt, observations
+    and padding."""
+    rows = [_example_tokens(tokenizer, example) for example in examples]
     width = max(len(ids) for ids, _ in rows)
     input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)

@@ -40,7 +40,7 @@ def test_arithmetic_env_with_a_composite_reward():
 
 def test_registry_miss_lists_valid_names():
     assert {"arithmetic", "chain_arithmetic", "first_digit"} <= set(ENVS.names())
-    with pytest.raises(UnknownNameError, match="arithmetic, chain_arithmetic, first_digit"):
+    with pytest.raises(UnknownNameError, match="arithmetic, calculator, chain_arithmetic, first_digit"):
         make_env("arithmetc")
 
 

@@ -1,0 +1,72 @@
+"""Admission control: how much the rollout workers may generate, and on which task categories.
+
+A tiny Ray actor, one per run. A worker asks for room before it starts groups; the controller
+grants it while the groups waiting in the replay plus those being generated stay within
+`(max_staleness + 1)` learner steps' worth (AReaL's bound on off-policyness, counted in groups).
+The learner consumes one step's worth per version, so a group waits at most `max_staleness`
+versions; the replay's own staleness bound evicts the rest. Counting what the replay holds (not
+what was ever produced) keeps the bound exact when groups are skipped, evicted or reused.
+
+Every grant carries the category of the task to draw, chosen by the run's curriculum, so that all
+workers sample from one distribution. The curriculum learns from the learner's per-category
+signal (`update_curriculum`) and its state travels with checkpoints (`state` / `load_state`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import ray
+
+from envs import CurriculumConfig, make_curriculum
+
+
+class AdmissionController:
+    def __init__(self, groups_per_step: int, max_staleness: int, curriculum: CurriculumConfig,
+                 categories: list[str], seed: int) -> None:
+        if groups_per_step <= 0 or max_staleness < 0:
+            raise ValueError(f"groups_per_step={groups_per_step} must be > 0 and max_staleness={max_staleness} >= 0")
+        self.window = (max_staleness + 1) * groups_per_step
+        self.curriculum = make_curriculum(curriculum, categories)
+        self.rng = np.random.default_rng(seed)
+        self.in_flight: Counter[str] = Counter()  # worker -> groups admitted, not yet inserted or dropped
+        self.counts: Counter[str] = Counter()  # admitted, stored, lost_in_flight (over the run)
+
+    def admit(self, worker: str, num_groups: int, buffered: int) -> list[str | None]:
+        """Room for up to `num_groups` new groups, given `buffered` groups waiting in the replay:
+        one category per admitted group (None: any task)."""
+        room = self.window - buffered - sum(self.in_flight.values())
+        granted = max(0, min(num_groups, room))
+        self.in_flight[worker] += granted
+        self.counts["admitted"] += granted
+        return [self.curriculum.sample_category(self.rng) for _ in range(granted)]
+
+    def done(self, worker: str, finished: int, stored: int) -> None:
+        """`finished` admitted groups ended, `stored` of them were acknowledged by the replay."""
+        self.in_flight[worker] = max(0, self.in_flight[worker] - finished)
+        self.counts["stored"] += stored
+
+    def worker_lost(self, worker: str) -> int:
+        """A worker died: its groups in flight are lost (never acknowledged). Returns how many."""
+        lost = self.in_flight.pop(worker, 0)
+        self.counts["lost_in_flight"] += lost
+        return lost
+
+    def update_curriculum(self, signals: dict[str, float]) -> None:
+        self.curriculum.update(signals)
+
+    def probabilities(self) -> dict[str, float]:
+        return self.curriculum.probabilities()
+
+    def totals(self) -> dict[str, int]:
+        return {**self.counts, "in_flight": sum(self.in_flight.values())}
+
+    def state(self) -> dict:
+        return {"curriculum": self.curriculum.state()}
+
+    def load_state(self, state: dict) -> None:
+        self.curriculum.load_state(state["curriculum"])
+
+
+RemoteAdmissionController = ray.remote(num_cpus=0)(AdmissionController)
