@@ -16,7 +16,6 @@ import logging
 import queue
 import threading
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -53,13 +52,14 @@ class _EpisodesJob:
 
 
 class RolloutWorker:
-    def __init__(self, worker_id: int, model_path: str, cfg: RolloutConfig, env_cfg: EnvConfig,
+    def __init__(self, name: str, model_path: str, cfg: RolloutConfig, env_cfg: EnvConfig,
                  replay_cfg: ReplayConfig, shard_urls: list[str], channel, admission, seed: int) -> None:
+        """`name` must be unique per incarnation: group ids start with it, so they never collide."""
         from transformers import AutoTokenizer
 
         torch.set_num_threads(1)  # several workers share the machine's cores
         self.cfg, self.env_cfg = cfg, env_cfg
-        self.name = f"w{worker_id}-{uuid.uuid4().hex[:6]}"  # unique per incarnation: group ids never collide
+        self.name = name
         self.engine = VLLMEngine(model_path, cfg.engine, seed=seed)
         self.errors = EpisodeErrorCounter()
         self.loop = EpisodeLoop(self.engine, make_renderer(AutoTokenizer.from_pretrained(model_path)), cfg.limits,

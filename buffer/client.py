@@ -25,7 +25,9 @@ from buffer.errors import CodecError, RateLimiterTimeout, ShardUnavailable
 from buffer.priority import annealed_beta, importance_weights, learning_signal
 from buffer.schema import Group, SampledGroup
 from buffer.shard_client import Draw, LimiterState, SampleReply, ShardConnection
+from buffer.ledger import LedgerAudit, ShardLedger
 from buffer.stats import ClientCounters, ReplayStats, ShardStats
+from buffer.table import table_fields
 from buffer.success_store import SuccessStore
 
 log = logging.getLogger(__name__)
@@ -37,19 +39,6 @@ _MAX_BACKOFF_S = 0.05
 def stable_hash(key: str) -> int:
     """Same value in every process (Python's hash() is salted per process)."""
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
-
-
-def shard_config_fields(config: ReplayConfig) -> dict[str, str]:
-    """What the Lua scripts read from the namespace's config hash on each shard."""
-    limiter = config.rate_limiter.params()
-    base = 1 << max(config.capacity_per_shard - 1, 0).bit_length()  # sum-tree leaves: next power of two
-    return {
-        "base": str(base), "capacity": str(config.capacity_per_shard), "selector": config.selector,
-        "alpha": repr(config.alpha), "remover": config.remover, "max_times_sampled": str(config.max_times_sampled),
-        "max_staleness": str(config.max_staleness), "spi": repr(limiter.samples_per_insert),
-        "min_size": str(limiter.min_size_to_sample), "min_diff": repr(limiter.min_diff),
-        "max_diff": repr(limiter.max_diff),
-    }
 
 
 class _Backoff:
@@ -82,15 +71,22 @@ class _SamplePlan:
 
 
 class ReplayClient:
-    def __init__(self, config: ReplayConfig, shard_urls: list[str], *, seed: int | None = None) -> None:
+    """A client of the run's table: it connects by address and namespace and never writes the table's
+    settings (the run does, with `create_table`). With `expect_table` it checks, on first contact
+    with each shard, that the table has the settings of `config` (ConfigMismatchError otherwise);
+    an observer (`ReplayClient.observer`) takes the table as it is."""
+
+    def __init__(self, config: ReplayConfig, shard_urls: list[str], *, seed: int | None = None,
+                 expect_table: bool = True) -> None:
         if not shard_urls:
             raise ValueError("shard_urls is empty: start shards first (buffer.start_local_shards)")
         self.config = config
         self.shard_urls = list(shard_urls)
         self._seed = seed
+        self._expect_table = expect_table
         password = config.password.get_secret_value() if config.password else None
-        fields = shard_config_fields(config)
-        self._shards = [ShardConnection(i, url, config.namespace, password, fields, config.retry_down_shard_s)
+        expected = table_fields(config) if expect_table else None
+        self._shards = [ShardConnection(i, url, config.namespace, password, expected, config.retry_down_shard_s)
                         for i, url in enumerate(self.shard_urls)]
         self._rng = np.random.default_rng(seed)
         self._lock = threading.Lock()  # guards the RNG, the counters and the route cache
@@ -99,11 +95,17 @@ class ReplayClient:
         self._success_store = (SuccessStore(config.success_store, config.namespace)
                                if config.success_store.enabled else None)
 
+    @classmethod
+    def observer(cls, shard_urls: list[str], namespace: str, password: str | None = None) -> "ReplayClient":
+        """A read-only view of the table `namespace` (stats, audits): no settings are needed or checked."""
+        return cls(ReplayConfig(namespace=namespace, password=password), shard_urls, expect_table=False)
+
     def __getstate__(self) -> dict:
-        return {"config": self.config, "shard_urls": self.shard_urls, "seed": self._seed}
+        return {"config": self.config, "shard_urls": self.shard_urls, "seed": self._seed,
+                "expect_table": self._expect_table}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["config"], state["shard_urls"], seed=state["seed"])
+        self.__init__(state["config"], state["shard_urls"], seed=state["seed"], expect_table=state["expect_table"])
 
     # ---- routing -------------------------------------------------------------------------------
 
@@ -174,8 +176,8 @@ class ReplayClient:
         Returns the limiter state if the shard blocked some of them."""
         try:
             replies = shard.insert_many([(prepared[i][0].group_id, payloads[i], prepared[i][0].priority,
-                                          prepared[i][0].max_policy_version) for i in members],
-                                        self.config.dedup_ttl_s)
+                                          prepared[i][0].min_policy_version, prepared[i][0].max_policy_version)
+                                         for i in members])
         except ShardUnavailable:
             for i in members:
                 position[i] += 1
@@ -336,9 +338,10 @@ class ReplayClient:
 
     # ---- priorities, stats ---------------------------------------------------------------------
 
-    def update_priorities(self, priorities: dict[str, float]) -> int:
-        """Set new priorities (e.g. the learner's mean |advantage| per group); unknown ids are ignored.
-        Returns how many were applied."""
+    def report_trained(self, version: int, priorities: dict[str, float]) -> int:
+        """The learner trained on these groups with the weights of `version`: each is recorded in the
+        ledger, and those still stored get their new priority (unknown ids are ignored).
+        Returns how many priorities were applied."""
         by_shard: dict[int, dict[str, float]] = {}
         with self._lock:
             for group_id, priority in priorities.items():
@@ -349,10 +352,32 @@ class ReplayClient:
         applied = 0
         for index, batch in by_shard.items():
             try:
-                applied += self._shards[index].update(batch)
+                applied += self._shards[index].trained(version, batch)
             except ShardUnavailable:
                 self._count("dropped_priority_updates", len(batch))
         return applied
+
+    def set_learner_version(self, version: int, rewind: bool = False) -> int:
+        """Tell every shard the learner's version (before its weights are published: a group made with
+        newer weights than the learner's belongs to a lost timeline and is refused). `rewind` (after a
+        restore from a checkpoint) lowers it and evicts the groups the lost timeline made; returns
+        how many. A shard that is down is skipped: it learns the version from the next sample call."""
+        evicted = 0
+        for shard in self._shards:
+            try:
+                evicted += shard.set_version(version, rewind)
+            except ShardUnavailable as e:
+                log.warning("learner version %d not set on %s: %s", version, shard.label, e)
+        return evicted
+
+    def audit(self) -> "LedgerAudit":
+        """The consumption ledger of every shard: what was acknowledged, trained, evicted (why), is
+        still buffered, and what is unaccounted for. Raises ShardUnavailable if a shard is down."""
+        shards = []
+        for shard in self._shards:
+            counters, size, *_, ledger = shard.stats(-1)
+            shards.append(ShardLedger.from_counters(shard.index, ledger, size, shard.ledger_entries()))
+        return LedgerAudit(shards, int(self._shards[0].table.get("max_times_sampled", "0")))
 
     def size(self) -> int:
         """Groups held by the shards that answer (one cheap call per shard)."""
@@ -372,10 +397,10 @@ class ReplayClient:
         for shard in self._shards:
             address = shard.label.split("(", 1)[1].rstrip(")")
             try:
-                counters, size, mass, version, histogram = shard.stats(-1 if learner_version is None
-                                                                      else learner_version)
+                counters, size, mass, version, histogram, ledger = shard.stats(-1 if learner_version is None
+                                                                              else learner_version)
                 shards.append(ShardStats.from_counters(shard.index, address, counters, size, mass, version,
-                                                       histogram))
+                                                       histogram, ledger))
             except ShardUnavailable:
                 shards.append(ShardStats(shard.index, address, up=False))
         with self._lock:

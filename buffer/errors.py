@@ -21,9 +21,25 @@ class ShardUnavailable(ReplayError, ConnectionError):
     """No shard could take the operation (all down, or the one holding the data is down)."""
 
 
+class ShardRefusedError(ShardUnavailable):
+    """Nothing listens at a shard's address."""
+
+
+class ShardAuthError(ShardUnavailable):
+    """A shard rejected (or requires) the password."""
+
+
+class ShardTimeoutError(ShardUnavailable):
+    """A shard did not answer in time (unreachable host, or a server too busy to reply)."""
+
+
+class TableNotFoundError(ShardUnavailable):
+    """A shard has no replay table under the namespace (the run creates it; a fresh shard lost it)."""
+
+
 class InsecureShardError(ReplayError, ValueError):
     """A non-loopback Redis address without a password."""
 
 
 class ConfigMismatchError(ReplayError, ValueError):
-    """The namespace on a shard was created with other structural settings (capacity, selector, alpha)."""
+    """The table on a shard has other settings than the client expects (or the run was created with)."""

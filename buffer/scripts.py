@@ -6,7 +6,7 @@ from functools import cache
 from pathlib import Path
 
 _LUA_DIR = Path(__file__).parent / "lua"
-SCRIPT_NAMES = ("init", "insert", "sample", "mass", "update", "quarantine", "stats", "size")
+SCRIPT_NAMES = ("create", "table", "insert", "sample", "mass", "trained", "quarantine", "stats", "size", "version")
 
 
 @cache

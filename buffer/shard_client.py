@@ -14,12 +14,12 @@ from redis.backoff import NoBackoff
 from redis.connection import Encoder, PythonRespSerializer
 from redis.retry import Retry
 
-from buffer.errors import ConfigMismatchError, InsecureShardError, ShardUnavailable
+from buffer.errors import ConfigMismatchError, InsecureShardError, ShardUnavailable, TableNotFoundError
 from buffer.scripts import SCRIPT_NAMES, script_source
+from buffer.table import differences
 
 log = logging.getLogger(__name__)
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
-STRUCTURAL_FIELDS = ("base", "capacity", "selector", "alpha")
 _NOT_INITIALISED = "is not initialised"
 # redis-py's pure-Python packer sends arguments over 6 KB as their own buffers; the default
 # (hiredis) packer copies every payload into one command buffer first.
@@ -83,12 +83,16 @@ def check_address(url: str, password: str | None) -> None:
 
 
 class ShardConnection:
+    """`expected`: the table settings this client relies on (None: an observer that takes the
+    table as it is). The settings are read on first contact, never written."""
+
     def __init__(self, index: int, url: str, namespace: str, password: str | None,
-                 config_fields: dict[str, str], retry_down_s: float) -> None:
+                 expected: dict[str, str] | None, retry_down_s: float) -> None:
         check_address(url, password)
         self.index, self.url, self.namespace = index, url, namespace
         self._password = password
-        self._config_fields = config_fields
+        self._expected = expected
+        self.table: dict[str, str] = {}  # the table's settings as stored on the shard
         self._retry_down_s = retry_down_s
         self._lock = threading.Lock()
         self._redis: redis.Redis | None = None
@@ -111,20 +115,21 @@ class ShardConnection:
                                             socket_timeout=10.0, socket_connect_timeout=2.0,
                                             command_packer=_PAYLOAD_PACKER)
                 self._scripts = {name: conn.register_script(script_source(name)) for name in SCRIPT_NAMES}
-                self._initialise()
-                self._redis = conn  # only once initialised: a failed first contact retries the whole setup
+                self._read_table()
+                self._redis = conn  # only once the table is read: a failed first contact retries the whole setup
             return self._redis
 
-    def _initialise(self) -> None:
-        flat = [self.namespace]
-        for name, value in self._config_fields.items():
-            flat += [name, value]
-        stored = [v.decode() for v in self._scripts["init"](args=flat)]
-        ours = [self._config_fields[name] for name in STRUCTURAL_FIELDS]
-        for name, theirs, mine in zip(STRUCTURAL_FIELDS, stored, ours):
-            if theirs != mine:
-                raise ConfigMismatchError(f"namespace {self.namespace!r} on {self.label} was created with "
-                                          f"{name}={theirs}, this client has {name}={mine}; use another namespace")
+    def _read_table(self) -> None:
+        reply = self._scripts["table"](args=[self.namespace])
+        stored = {reply[i].decode(): reply[i + 1].decode() for i in range(0, len(reply), 2)}
+        if not stored:
+            raise TableNotFoundError(f"{self.label} has no replay table {self.namespace!r} (a run creates its "
+                                     "table when it starts; a shard that lost its data has none)")
+        mismatched = differences(stored, self._expected) if self._expected is not None else []
+        if mismatched:
+            raise ConfigMismatchError(f"the replay table {self.namespace!r} on {self.label} has other settings than "
+                                      f"this client expects: {'; '.join(mismatched)}")
+        self.table = stored
 
     def available(self) -> bool:
         return not self.is_down or time.monotonic() >= self._down_until
@@ -152,6 +157,9 @@ class ShardConnection:
         except (redis.ConnectionError, redis.TimeoutError) as e:
             self._mark_down(e)
             raise ShardUnavailable(f"{self.label} is down: {e}") from e
+        except TableNotFoundError as e:  # a shard restarted without its data: unusable until the run re-creates it
+            self._mark_down(e)
+            raise
         self._mark_up()
         return results
 
@@ -173,7 +181,8 @@ class ShardConnection:
         return results[1::2]
 
     def _recover(self, conn: redis.Redis, errors: list[redis.ResponseError]) -> None:
-        """A restarted shard lost its scripts (NOSCRIPT) or its namespace: load or initialise again."""
+        """A restarted shard lost its scripts (NOSCRIPT): load them again. One that lost its table
+        (restarted without its data) cannot serve until the run creates the table again."""
         for error in errors:
             if not isinstance(error, redis.exceptions.NoScriptError) and _NOT_INITIALISED not in str(error):
                 raise error
@@ -181,7 +190,7 @@ class ShardConnection:
             for registered in self._scripts.values():
                 conn.script_load(registered.script)
         if any(_NOT_INITIALISED in str(error) for error in errors):
-            self._initialise()
+            self._read_table()
 
     def _mark_down(self, error: Exception) -> None:
         with self._lock:
@@ -198,11 +207,11 @@ class ShardConnection:
                     self.is_down = False
                     log.warning("%s is back: reconnected", self.label)
 
-    def insert_many(self, inserts: list[tuple[str, bytes, float, int]], dedup_ttl_s: int) -> list[InsertReply]:
-        """(group id, payload, priority, newest policy version) each, in one pipeline."""
+    def insert_many(self, inserts: list[tuple[str, bytes, float, int, int]]) -> list[InsertReply]:
+        """(group id, payload, priority, oldest and newest policy version) each, in one pipeline."""
         stages = [f"{self.namespace}:stage:{group_id}:{os.urandom(8).hex()}" for group_id, *_ in inserts]
-        replies = self.call_many("insert", [[group_id, stage, repr(float(priority)), newest_version, dedup_ttl_s]
-                                            for stage, (group_id, _, priority, newest_version) in zip(stages, inserts)],
+        replies = self.call_many("insert", [[group_id, stage, repr(float(priority)), oldest, newest]
+                                            for stage, (group_id, _, priority, oldest, newest) in zip(stages, inserts)],
                                  staged=[(stage, payload) for stage, (_, payload, *_) in zip(stages, inserts)])
         return [_insert_reply(reply) for reply in replies]
 
@@ -240,19 +249,31 @@ class ShardConnection:
     def size(self) -> int:
         return int(self.call("size", []))
 
-    def update(self, priorities: dict[str, float]) -> int:
-        flat: list = []
+    def trained(self, version: int, priorities: dict[str, float]) -> int:
+        flat: list = [version]
         for group_id, priority in priorities.items():
             flat += [group_id, repr(float(priority))]
-        return int(self.call("update", flat))
+        return int(self.call("trained", flat))
+
+    def set_version(self, version: int, rewind: bool) -> int:
+        return int(self.call("version", [version, int(rewind)]))
+
+    def ledger_entries(self) -> list[dict[str, str]]:
+        """Every group's ledger entry (t: times trained, v: versions, out: why it left), for audits."""
+        conn = self._connection()
+        keys = list(conn.scan_iter(match=f"{self.namespace}:l:*", count=1000))
+        with conn.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hgetall(key)
+            entries = pipe.execute()
+        return [{k.decode(): v.decode() for k, v in entry.items()} for entry in entries]
 
     def quarantine(self, group_id: str, payload: bytes, ttl_s: int) -> None:
         self.call("quarantine", [group_id, payload, ttl_s])
 
-    def stats(self, learner_version: int) -> tuple[dict[str, int], int, float, int, list[int]]:
-        counters, size, mass, version, histogram = self.call("stats", [learner_version])
-        named = {counters[i].decode(): int(counters[i + 1]) for i in range(0, len(counters), 2)}
-        return named, int(size), float(mass), int(version), [int(h) for h in histogram]
+    def stats(self, learner_version: int) -> tuple[dict[str, int], int, float, int, list[int], dict[str, int]]:
+        counters, size, mass, version, histogram, ledger = self.call("stats", [learner_version])
+        return _named(counters), int(size), float(mass), int(version), [int(h) for h in histogram], _named(ledger)
 
     def redis(self) -> redis.Redis:
         """The raw connection (success store, benchmarks)."""
@@ -263,3 +284,7 @@ class ShardConnection:
             if self._redis is not None:
                 self._redis.close()
                 self._redis = None
+
+
+def _named(flat: list) -> dict[str, int]:
+    return {flat[i].decode(): int(flat[i + 1]) for i in range(0, len(flat), 2)}

@@ -2,6 +2,9 @@
 
 Each shard binds 127.0.0.1 on a free port, keeps its AOF in its own directory and reads its
 settings (the password included) from a 0600 config file, so that no secret is on a command line.
+A server ends with the process that started it, even when that process is killed with SIGKILL
+(Linux's parent-death signal): a crashed run leaves no redis-server behind, and its data is safe
+in the append-only file for the resumed run.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +30,14 @@ _START_TIMEOUT_S = 20.0
 
 class ShardStartError(ReplayError, RuntimeError):
     """A local redis-server did not come up."""
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the parent dies (redis-server flushes its AOF on SIGTERM)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 def _free_port() -> int:
@@ -65,8 +77,10 @@ class LocalShard:
             raise ShardStartError("redis-server not found on PATH")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config_path = self._write_config()
+        # Its own session: Ctrl-C in the terminal reaches the run, which then stops the shards in order.
         self.process = subprocess.Popen([redis_server, str(config_path)], stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL, start_new_session=True)
+                                        stderr=subprocess.DEVNULL, start_new_session=True,
+                                        preexec_fn=_die_with_parent)
         self._wait_ready()
         return self
 

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 
 from rich.table import Table
 
-EVICTION_REASONS = ("capacity", "stale", "max_times_sampled", "quarantined")
+EVICTION_REASONS = ("capacity", "stale", "max_times_sampled", "quarantined", "rewound")
 
 
 @dataclass
@@ -24,13 +24,15 @@ class ShardStats:
     quarantined: int = 0
     learner_version: int = 0
     staleness_histogram: list[int] = field(default_factory=list)  # [age 0..max_staleness, beyond]
+    ledger: dict[str, int] = field(default_factory=dict)  # acked, left_<reason>, trained_groups, trained_uses
 
     @classmethod
     def from_counters(cls, index: int, address: str, counters: dict[str, int], size: int, mass: float,
-                      learner_version: int, histogram: list[int]) -> "ShardStats":
+                      learner_version: int, histogram: list[int], ledger: dict[str, int]) -> "ShardStats":
         return cls(index, address, True, size, mass, counters.get("inserts", 0), counters.get("samples", 0),
                    counters.get("deletes", 0), {r: counters.get(f"evicted_{r}", 0) for r in EVICTION_REASONS},
-                   counters.get("zero_signal_skips", 0), counters.get("quarantined", 0), learner_version, histogram)
+                   counters.get("zero_signal_skips", 0), counters.get("quarantined", 0), learner_version, histogram,
+                   ledger)
 
 
 @dataclass
@@ -59,6 +61,8 @@ class ReplayStats:
         for reason in EVICTION_REASONS:
             out[f"replay/evictions/{reason}"] = sum(s.evictions.get(reason, 0) for s in self.shards)
         out["replay/shards_up"] = sum(s.up for s in self.shards)
+        for name in sorted({k for s in self.shards for k in s.ledger}):
+            out[f"replay/ledger/{name}"] = sum(s.ledger.get(name, 0) for s in self.shards)
         for name, value in asdict(self.client).items():
             out[f"replay/client/{name}"] = value
         for s in self.shards:

@@ -9,19 +9,20 @@ import sys
 from pathlib import Path
 
 from cluster import replay_cli, status_cli, submit
-from cluster.config import ConfigError, load_config
-from cluster.control import ControlError
+from cluster.errors import ConfigError, ControlError, RunFailed
 
 BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
 
 
 def _train(args: argparse.Namespace) -> int:
+    from cluster.config import load_config
+
     cfg = load_config(args.config)  # fails before any service starts
     if args.resume is not None and not (args.resume / "config.yaml").is_file():
         raise ConfigError(f"--resume {args.resume}: not a run directory (no config.yaml)")
     from cluster.driver import train
 
-    train(cfg, resume_dir=args.resume)
+    train(cfg, resume_dir=args.resume, config_path=args.config)
     return 0
 
 
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"tidal: {e}", file=sys.stderr)
         return 2
-    except ControlError as e:
+    except (ControlError, RunFailed) as e:
         print(f"tidal: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -14,13 +14,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from actors.config import EnvConfig, RolloutConfig
 from envs import CurriculumConfig
 from buffer import ReplayConfig
-from cluster.demo_model import DemoModelSettings
+from cluster.checkpoints import CheckpointConfig
+from cluster.errors import ConfigError
+from cluster.warm_start import DemoModelSettings
 from learner.config import LearnerConfig, merge_nested
 from learner.loss_config import PolicyLossConfig
-
-
-class ConfigError(ValueError):
-    """The run configuration is invalid; the message names the offending key or path."""
 
 
 class ModelConfig(BaseModel):
@@ -44,6 +42,20 @@ class EvalConfig(BaseModel):
 
     every: int = Field(20, ge=0)
     """Evaluate every this many learner steps (and before the first and after the last); 0 disables."""
+
+
+class FaultConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    worker_restarts: int = Field(3, ge=0)
+    """Restarts of one rollout worker slot within `worker_restart_window_s`; one more stops the run."""
+    worker_restart_window_s: float = Field(600.0, gt=0)
+    learner_restarts: int = Field(2, ge=0)
+    """Times the learner ranks are restarted from the latest checkpoint after a rank died."""
+    watchdog_s: float = Field(300.0, gt=0)
+    """A learner step that does not complete within this stops the run, naming what stalled."""
+    start_timeout_s: float = Field(600.0, gt=0)
+    """Bound on starting the actors (engines warming up, DeepSpeed initialising)."""
 
 
 class RayConfig(BaseModel):
@@ -75,6 +87,8 @@ class RunConfig(BaseModel):
     learner: LearnerConfig = LearnerConfig()
     loss: PolicyLossConfig = PolicyLossConfig()
     eval: EvalConfig = EvalConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    faults: FaultConfig = FaultConfig()
     ray: RayConfig = RayConfig()
 
     @model_validator(mode="after")

@@ -8,23 +8,17 @@ It is not detached: it dies with the driver, so a crashed run leaves no stale co
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from dataclasses import dataclass, field, replace
 
 import ray
 
-from buffer import ReplayConfig
+from cluster.errors import ControlError, RunNotFoundError
+
 
 NAMESPACE = "tidal"
 CONTROLLER_NAME = "tidal-controller"
-
-
-class ControlError(ValueError):
-    """A control-plane command could not reach or act on a run; the message says which and why."""
-
-
-class RunNotFoundError(ControlError):
-    """No Ray cluster, or no live Tidal run on it."""
 
 
 @dataclass(frozen=True)
@@ -47,9 +41,9 @@ class RunStatus:
 
 
 class RunController:
-    def __init__(self, status: RunStatus, replay_config: ReplayConfig, shard_urls: list[str]) -> None:
+    def __init__(self, status: RunStatus, shard_urls: list[str], namespace: str) -> None:
         self._status = status
-        self._replay = replay_config, list(shard_urls)
+        self._replay = list(shard_urls), namespace
 
     def report(self, record: dict, workers: int, replay: dict[str, float] | None = None) -> None:
         """Take one learner step's metrics record (it holds `step`, and `eval_accuracy` on eval steps)."""
@@ -76,8 +70,8 @@ class RunController:
     def desired_workers(self) -> int:
         return self._status.desired_workers
 
-    def replay_target(self) -> tuple[ReplayConfig, list[str]]:
-        """The run's exact replay config and shard URLs, so that an observer's client matches the run's."""
+    def replay_target(self) -> tuple[list[str], str]:
+        """The run's shard URLs and table namespace, for observers (`tidal replay stats`)."""
         return self._replay
 
 
@@ -85,14 +79,30 @@ class RunController:
 RemoteRunController = ray.remote(num_cpus=0, max_concurrency=4)(RunController)
 
 
-def start_controller(status: RunStatus, replay_config: ReplayConfig, shard_urls: list[str]):
+def start_controller(status: RunStatus, shard_urls: list[str], namespace: str):
     """Create the run's controller (Ray must be initialised); fails if another run is live here."""
     try:
         return RemoteRunController.options(name=CONTROLLER_NAME, namespace=NAMESPACE).remote(
-            status, replay_config, shard_urls)
+            status, shard_urls, namespace)
     except ValueError as e:
         raise ControlError(f"another Tidal run is live on this Ray cluster (actor {CONTROLLER_NAME!r} in "
                            f"namespace {NAMESPACE!r} exists): stop it first or use another cluster") from e
+
+
+REACH_TIMEOUT_S = 3.0
+
+
+def _reachable(address: str) -> None:
+    """A Ray address host:port must accept a TCP connection within seconds: ray.init itself keeps
+    retrying an unreachable GCS for over a minute."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto", or a form ray.init resolves itself
+    try:
+        socket.create_connection((host, int(port)), timeout=REACH_TIMEOUT_S).close()
+    except OSError as e:
+        raise RunNotFoundError(f"no Ray cluster at {address}: {e.strerror or type(e).__name__} "
+                               f"(within {REACH_TIMEOUT_S:.0f}s)") from e
 
 
 def connect(address: str | None) -> None:
@@ -100,6 +110,7 @@ def connect(address: str | None) -> None:
     if ray.is_initialized():
         return
     target = address or "auto"
+    _reachable(target)
     try:
         ray.init(address=target, namespace=NAMESPACE, logging_level=logging.WARNING, log_to_driver=False)
     except (ConnectionError, RuntimeError) as e:

@@ -1,34 +1,46 @@
-"""The driver: wires one run (model, Redis shards, Ray, weight channel, learner, rollout workers),
-runs the loop and tears everything down, whatever happens.
+"""The driver: wires one run, supervises it, and tears it down whatever happens.
 
-Top to bottom: set up, evaluate the starting policy, train (async or sync), evaluate, save.
+Top to bottom: reap what dead runs left behind; check the replay's shards; start Ray, the run's
+small actors, the learner ranks and the rollout workers; restore the latest checkpoint when
+resuming; evaluate; train (async or sync) with periodic checkpoints; evaluate and save.
+
+Faults it survives: a rollout worker that dies is replaced (worker_pool.py); a learner rank that
+dies makes every rank restart from the latest checkpoint (learner_group.py), which the replay,
+the weight channel and the metrics rewind to; SIGTERM / SIGINT write a final checkpoint and say
+how to resume. A learner step that does not complete within the watchdog's time stops the run,
+naming what stalled.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
-import socket
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Callable
 from pathlib import Path
 
 import ray
 import yaml
 
 from actors.rollout_worker import RemoteRolloutWorker
-from buffer import ReplayClient, start_local_shards, stop_local_shards
+from buffer import RateLimiterTimeout, ReplayClient, ReplayConfig, check_shards, create_table
 from cluster.admission import RemoteAdmissionController
-from cluster.config import ConfigError, RunConfig
+from cluster.checkpoints import CheckpointPolicy
+from cluster.config import RunConfig
 from cluster.control import RunStatus, start_controller
 from cluster.demo_model import build_demo_model
+from cluster.errors import ConfigError, RunFailed
+from cluster.learner_group import LearnerFailure, LearnerGroup, LearnerStalled
 from cluster.metrics import MetricsWriter, plot_rewards
+from cluster.processes import LiveRun, reap_orphans
 from cluster.progress import Progress
-from cluster.scaling import reconcile_workers
+from cluster.rollout_meter import RolloutMeter
+from cluster.run_shards import RunShards
+from cluster.scaling import RestartBudget
 from cluster.weight_channel import WeightChannel
+from cluster.worker_pool import WorkerPool
 from learner.learner_actor import RemoteLearner
 
 log = logging.getLogger(__name__)
@@ -37,20 +49,30 @@ ACTOR_ENV = {  # quiet, single-threaded actors: the cores are shared by every pr
     "VLLM_LOGGING_LEVEL": "ERROR", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
     "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
 }
+CALL_TIMEOUT_S = 60.0
+EVAL_TIMEOUT_S = 600.0
 
 
 @dataclass
-class Cluster:
+class Run:
     """The live parts of a run, for the loop."""
 
+    cfg: RunConfig
+    run_dir: Path
+    replay_cfg: ReplayConfig
     channel: object
     admission: object  # AdmissionController: how much to generate, and on which categories
     controller: object  # RunController: status for `tidal status`, desired size from `tidal scale`
     replay: ReplayClient  # the driver's own client, for replay statistics
-    learners: list
-    workers: list
-    start_worker: Callable[[int], object]  # index -> a started RolloutWorker handle
-    worker_loops: dict = field(default_factory=dict)  # worker handle -> ref of its run() loop (async mode)
+    learners: LearnerGroup
+    workers: WorkerPool
+    writer: MetricsWriter
+    progress: Progress
+    live: LiveRun
+    started: float
+
+    def note(self, message: str) -> None:
+        self.progress.note(message)
 
 
 def make_run_dir(cfg: RunConfig) -> Path:
@@ -60,7 +82,8 @@ def make_run_dir(cfg: RunConfig) -> Path:
     latest = cfg.run_root / "latest"
     latest.unlink(missing_ok=True)
     latest.symlink_to(run_dir.name)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    resolved = cfg.model_dump(mode="json", exclude={"replay": {"password"}})  # never a secret on disk
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
     return run_dir
 
 
@@ -78,28 +101,24 @@ def _exit_on_sigterm(signum, frame) -> None:
     raise SystemExit(128 + signum)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_cluster(cfg: RunConfig, model_path: str, run_dir: Path, stack: ExitStack, progress: Progress) -> Cluster:
+def start_run(cfg: RunConfig, run_dir: Path, stack: ExitStack, progress: Progress) -> Run:
     replay_cfg = cfg.replay.model_copy(update={"namespace": run_dir.name})
     if cfg.mode == "sync":  # on-policy: each group is trained on once, in the step after it was made
         replay_cfg = replay_cfg.model_copy(update={"max_times_sampled": 1})
-    shard_urls = list(cfg.replay.shard_urls)
-    if not shard_urls:
-        shards = start_local_shards(cfg.replay.num_shards, run_dir / "replay", cfg.replay.fsync,
-                                    cfg.replay.password.get_secret_value() if cfg.replay.password else None)
-        stack.callback(stop_local_shards, shards)
-        shard_urls = [s.url for s in shards]
-    progress.note(f"replay: {len(shard_urls)} Redis shards {shard_urls}")
+    live = LiveRun(run_dir)
+    stack.callback(live.close)
+    shards = RunShards.start(replay_cfg, run_dir)
+    stack.callback(shards.close)
+    check_shards(shards.urls, shards.password)  # named errors within seconds, before anything heavy starts
+    create_table(replay_cfg, shards.urls)  # the run owns its table: every other client only reads the settings
+    progress.note(f"replay: {len(shards.urls)} Redis shards {shards.urls}")
+    model_path = resolve_model(cfg, progress)
 
     context = ray.init(address=cfg.ray.address, num_cpus=cfg.ray.num_cpus if cfg.ray.address is None else None,
                        include_dashboard=cfg.ray.include_dashboard, runtime_env={"env_vars": ACTOR_ENV},
                        logging_level=logging.WARNING)
     stack.callback(ray.shutdown)
+    live.set_ray_session(ray._private.worker._global_node.get_session_dir_path())
     # After ray.init, which installs a SIGTERM handler that aborts the process: a run stopped with
     # SIGTERM (a job manager, `timeout`, `kill`) must unwind this stack like Ctrl-C does.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
@@ -107,172 +126,221 @@ def start_cluster(cfg: RunConfig, model_path: str, run_dir: Path, stack: ExitSta
         progress.note(f"Ray dashboard: http://{context.dashboard_url}")
 
     controller = start_controller(RunStatus(cfg.name, str(run_dir), cfg.steps, cfg.rollout.num_workers),
-                                  replay_cfg, shard_urls)
-    replay = ReplayClient(replay_cfg, shard_urls)
+                                  shards.urls, replay_cfg.namespace)
+    replay = ReplayClient(replay_cfg, shards.urls)
     stack.callback(replay.close)
     channel = WeightChannel.remote()
     admission = RemoteAdmissionController.remote(cfg.learner.groups_per_step, cfg.rollout.max_staleness,
                                                  cfg.curriculum, cfg.env.build_task_source().categories, cfg.seed)
-    port = _free_port()
-    learners = [
-        RemoteLearner.options(num_cpus=1, name=f"learner-{rank}").remote(
-            rank, cfg.learner.num_ranks, "127.0.0.1", port, model_path, cfg.learner, cfg.loss, replay_cfg,
-            shard_urls, channel, cfg.steps, checkpoint_dir=str(run_dir / "checkpoints"))
-        for rank in range(cfg.learner.num_ranks)
-    ]
 
-    def start_worker(index: int):
+    def make_rank(rank: int):
+        return RemoteLearner.options(num_cpus=1, name=f"learner-{rank}").remote(
+            rank, cfg.learner.num_ranks, model_path, cfg.learner, cfg.loss, replay_cfg, shards.urls, channel,
+            cfg.steps)
+
+    def start_worker(slot: int, name: str):
         return RemoteRolloutWorker.options(num_cpus=cfg.rollout.cpus_per_worker, max_concurrency=4).remote(
-            index, model_path, cfg.rollout, cfg.env, replay_cfg, shard_urls, channel, admission,
-            cfg.seed + 1000 * (index + 1))
+            name, model_path, cfg.rollout, cfg.env, replay_cfg, shards.urls, channel, admission,
+            cfg.seed + 1000 * (slot + 1))
 
-    workers = [start_worker(i) for i in range(cfg.rollout.num_workers)]
-    progress.note(f"starting {len(learners)} learner rank(s) and {len(workers)} rollout workers (vLLM warm-up)...")
-    ray.get([w.stats.remote() for w in workers] + [l.groups_for_this_rank.remote() for l in learners])
-    return Cluster(channel=channel, admission=admission, controller=controller, replay=replay, learners=learners,
-                   workers=workers, start_worker=start_worker)
+    learners = LearnerGroup(make_rank, cfg.learner.num_ranks, run_dir / "checkpoints", cfg.checkpoint)
+    workers = WorkerPool(start_worker, admission, cfg.mode == "async",
+                         RestartBudget(cfg.faults.worker_restarts, cfg.faults.worker_restart_window_s))
+    progress.note(f"starting {cfg.learner.num_ranks} learner rank(s) and {cfg.rollout.num_workers} rollout "
+                  "workers (vLLM warm-up)...")
+    workers.start(cfg.rollout.num_workers)
+    stack.callback(workers.stop_all, CALL_TIMEOUT_S)
+    learners.start()
+    stack.callback(learners.kill)
+    workers.wait_ready(cfg.faults.start_timeout_s)
+    live.refresh(force=True)
+    writer = MetricsWriter(run_dir)
+    stack.callback(writer.close)
+    return Run(cfg, run_dir, replay_cfg, channel, admission, controller, replay, learners, workers, writer,
+               progress, live, time.time())
 
 
-def evaluate(cluster: Cluster) -> dict:
+# -- the loop's parts ---------------------------------------------------------------------------
+def evaluate(run: Run) -> dict:
     """The env's own measures on its held-out set at the latest weights: sampled (T=1, pass@1) as
-    `eval_<measure>` and greedy as `eval_<measure>_greedy`."""
-    evaluator = cluster.workers[0]
-    results = ray.get(evaluator.evaluate.remote((1.0, 0.0)))
+    `eval_<measure>` and greedy as `eval_<measure>_greedy`. Any ready worker does it."""
+    results = run.workers.on_any(lambda h: h.evaluate.remote((1.0, 0.0)), EVAL_TIMEOUT_S, "evaluation")
     record = {"eval_policy_version": results["policy_version"]}
     for temperature, suffix in (("1.0", ""), ("0.0", "_greedy")):
         record |= {f"eval_{name}{suffix}": value for name, value in results[temperature].items()}
     return record
 
 
-SUMMED_OVER_RANKS = ("learner_tokens_per_s", "groups")  # per-rank counts; everything else is already global
+def produce_on_policy(run: Run, num_groups: int) -> None:
+    """Sync mode: the ready workers load the newest weights, then fill the replay with one batch of
+    groups that carry a learning signal. A worker that dies meanwhile is replaced and its share
+    made by the others."""
+    missing = num_groups
+    for _ in range(3):
+        workers = run.workers.ready
+        ray.get([w.handle.sync_weights.remote() for w in workers], timeout=CALL_TIMEOUT_S)
+        shares = [missing // len(workers) + (i < missing % len(workers)) for i in range(len(workers))]
+        calls = [(w, k, w.handle.produce.remote(k)) for w, k in zip(workers, shares) if k]
+        for worker, share, ref in calls:
+            try:
+                ray.get(ref, timeout=run.cfg.faults.watchdog_s)
+                missing -= share
+            except ray.exceptions.RayActorError as e:
+                run.note(run.workers.replace_dead(worker, e))
+                run.workers.wait_ready(run.cfg.faults.start_timeout_s)
+        if missing <= 0:
+            return
+    raise RunFailed(f"sync mode: {missing} of {num_groups} groups could not be produced after 3 attempts")
 
 
-def learner_step(cluster: Cluster) -> dict:
-    per_rank = ray.get([l.train_step.remote() for l in cluster.learners])
-    merged = {}
-    for key, value in per_rank[0].items():
-        if isinstance(value, (int, float)):
-            total = sum(m[key] for m in per_rank)
-            merged[key] = total if key in SUMMED_OVER_RANKS else total / len(per_rank)
-    return merged
+def learner_step(run: Run) -> dict:
+    """One update, with the watchdog's bound. A learner that waited for groups in vain, or a step
+    that stalled, stops the run with what each part was doing."""
+    try:
+        return run.learners.step(run.cfg.faults.watchdog_s)
+    except ray.exceptions.RayTaskError as e:
+        if not isinstance(e.cause, RateLimiterTimeout):
+            raise
+        raise RunFailed(f"the learner got no groups to train on: {e.cause}; {_fleet_state(run)}") from e
+    except LearnerStalled as e:
+        raise RunFailed(f"no learner step completed within {run.cfg.faults.watchdog_s:.0f}s: {e}; "
+                        f"{_fleet_state(run)}") from e
 
 
-def produce_on_policy(cluster: Cluster, num_groups: int) -> None:
-    """Sync mode: every worker loads the newest weights, then the workers fill the replay with one
-    batch of groups that carry a learning signal (zero-signal groups are not stored)."""
-    ray.get([w.sync_weights.remote() for w in cluster.workers])
-    n = len(cluster.workers)
-    shares = [num_groups // n + (i < num_groups % n) for i in range(n)]
-    ray.get([w.produce.remote(k) for w, k in zip(cluster.workers, shares) if k])
+def _fleet_state(run: Run) -> str:
+    counts = run.workers.counts()
+    errors = "; ".join(f"{name}: {why}" for name, why in list(run.workers.last_errors.items())[-3:])
+    try:
+        size = run.replay.size()
+    except Exception as e:  # the diagnosis of a failure must not fail itself
+        size = f"unknown ({type(e).__name__})"
+    return (f"replay size {size}; rollout workers: {counts['workers/alive']} ready, "
+            f"{counts['workers/starting']} starting, {counts['workers/restarts']} restarts"
+            + (f"; last worker errors: {errors}" if errors else ""))
 
 
-class RolloutMeter:
-    """Rollout throughput from the workers' counters, between two calls."""
-
-    def __init__(self, cluster: Cluster) -> None:
-        self.cluster = cluster
-        self.reset()
-
-    def reset(self) -> None:
-        """Start counting afresh (after the set of workers changed)."""
-        self.last = self._totals(), time.time()
-
-    def _totals(self) -> tuple[float, float]:
-        stats = ray.get([w.stats.remote() for w in self.cluster.workers])
-        return sum(s.get("groups", 0) for s in stats), sum(s.get("generated_tokens", 0) for s in stats)
-
-    def rates(self) -> dict:
-        (groups, tokens), now = self._totals(), time.time()
-        (last_groups, last_tokens), last_time = self.last
-        self.last = (groups, tokens), now
-        elapsed = max(now - last_time, 1e-9)
-        return {"groups_per_s": (groups - last_groups) / elapsed, "rollout_tokens_per_s": (tokens - last_tokens) / elapsed}
+def recover_learners(run: Run, failure: LearnerFailure, resume_hint: str) -> int:
+    """Restart every learner rank from the latest checkpoint; returns the step it holds."""
+    if run.learners.restarts >= run.cfg.faults.learner_restarts:
+        raise RunFailed(f"{failure}, and the learner was restarted {run.learners.restarts} times already; "
+                        f"resume with: {resume_hint}") from failure
+    run.note(f"{failure}: restarting every learner rank from the latest checkpoint")
+    run.learners.restart()
+    return restore(run)
 
 
-def train_loop(cfg: RunConfig, cluster: Cluster, writer: MetricsWriter, progress: Progress, started: float,
-               first_step: int = 1) -> None:
-    first_eval = evaluate(cluster)
-    writer.write({"step": first_step - 1, "wall_s": time.time() - started, "policy_version": first_step - 1, **first_eval})
-    progress.evaluated(first_step - 1, first_eval)
-    if cfg.mode == "async":
-        cluster.worker_loops = {w: w.run.remote() for w in cluster.workers}
-    meter = RolloutMeter(cluster)
-    for step in range(first_step, cfg.steps + 1):
+def restore(run: Run) -> int:
+    """Load the latest checkpoint into the learners (after a failure, or to resume) and bring the run
+    back to it: the replay drops what was made after it (evicted as `rewound`), the workers load its
+    weights, the metrics and the curriculum go back to it. Returns its step."""
+    state = run.learners.restore()
+    driver = state.get("driver", {})
+    if "admission" in driver:
+        ray.get(run.admission.load_state.remote(driver["admission"]), timeout=CALL_TIMEOUT_S)
+    step = int(driver.get("step", 0))
+    run.writer.rewind(step)
+    run.note(f"restored step {step} (policy version {state['policy_version']})")
+    return step
+
+
+def checkpoint(run: Run, step: int) -> float:
+    state = {"step": step, "admission": ray.get(run.admission.state.remote(), timeout=CALL_TIMEOUT_S)}
+    return run.learners.save(step, state)
+
+
+def rescale(run: Run) -> None:
+    """Apply `tidal scale`: workers are added without waiting for their warm-up."""
+    desired = ray.get(run.controller.desired_workers.remote(), timeout=CALL_TIMEOUT_S)
+    before = len(run.workers.workers)
+    if run.workers.resize(desired):
+        run.note(f"rollout workers: {before} -> {desired} (new ones join when warmed up)")
+
+
+def step_record(run: Run, step: int, learner: dict, meter: RolloutMeter) -> dict:
+    record = {"step": step, **learner}
+    meter.update(run.workers.stats())
+    record |= meter.record() | run.workers.counts()
+    admitted = ray.get(run.admission.totals.remote(), timeout=CALL_TIMEOUT_S)
+    record |= {f"admission/{k}": v for k, v in admitted.items()}
+    replay = run.replay.stats().to_dict()
+    record |= {k: v for k, v in replay.items() if "/shard" not in k}  # service totals, not per shard
+    return record
+
+
+def train_loop(run: Run, step: int, resume_hint: str) -> int:
+    cfg = run.cfg
+    first = evaluate(run)
+    run.writer.write({"step": step, "wall_s": time.time() - run.started, "policy_version": step, **first})
+    run.progress.evaluated(step, first)
+    meter = RolloutMeter()
+    policy = CheckpointPolicy(cfg.checkpoint)
+    policy.saved(step)
+    while step < cfg.steps:
+        for note in run.workers.check():
+            run.note(note)
         if cfg.mode == "sync":
-            produce_on_policy(cluster, cfg.learner.groups_per_step)
-        record = {"step": step, **learner_step(cluster), **meter.rates()}
+            produce_on_policy(run, cfg.learner.groups_per_step)
+        try:
+            learner = learner_step(run)
+        except LearnerFailure as failure:
+            step = recover_learners(run, failure, resume_hint)
+            policy.saved(step)
+            continue
+        step += 1
+        record = step_record(run, step, learner, meter)
         if cfg.eval.every and (step % cfg.eval.every == 0 or step == cfg.steps):
-            record.update(evaluate(cluster))
-            progress.evaluated(step, record)
-        replay = cluster.replay.stats().to_dict()
-        record.update({k: v for k, v in replay.items() if k.count("/") == 1})  # service totals, not per shard
-        record["wall_s"] = time.time() - started
-        writer.write(record)
-        progress.stepped(record)
-        cluster.controller.report.remote(record, len(cluster.workers), replay)
-        rescale(cfg, cluster, meter, progress)
-    _check_worker_loops(cluster)
+            record |= evaluate(run)
+            run.progress.evaluated(step, record)
+        if policy.due(step) or step == cfg.steps:
+            record["time/checkpoint_s"] = checkpoint(run, step)
+            policy.saved(step)
+        record["wall_s"] = time.time() - run.started
+        run.writer.write(record)
+        run.progress.stepped(record)
+        run.controller.report.remote(record, len(run.workers.ready), run.replay.stats().to_dict())
+        run.live.refresh()
+        rescale(run)
+    return step
 
 
-def rescale(cfg: RunConfig, cluster: Cluster, meter: "RolloutMeter", progress: Progress) -> None:
-    """Apply `tidal scale`: start or stop rollout workers to match the controller's desired count."""
-    desired = ray.get(cluster.controller.desired_workers.remote())
-    if desired == len(cluster.workers):
-        return
-    before = set(cluster.workers)
-
-    def start(index: int):
-        worker = cluster.start_worker(index)
-        if cfg.mode == "async":
-            cluster.worker_loops[worker] = worker.run.remote()
-        return worker
-
-    cluster.workers = reconcile_workers(cluster.workers, desired, start, lambda w: w.stop.remote())
-    for gone in before - set(cluster.workers):
-        loop = cluster.worker_loops.pop(gone, None)
-        if loop is not None:  # let its last round finish and be inserted, then free its engine
-            ray.wait([loop], timeout=120)
-        ray.kill(gone, no_restart=True)
-    meter.reset()
-    progress.note(f"rollout workers: {len(before)} -> {len(cluster.workers)}")
+def _save_on_the_way_out(run: Run, step: int, resume_hint: str) -> None:
+    """Preemption: a final checkpoint, within its bound, and how to resume."""
+    run.note(f"stopping: saving a checkpoint of step {step} (at most {run.cfg.checkpoint.timeout_s:.0f}s)...")
+    try:
+        checkpoint(run, step)
+        run.note(f"checkpoint of step {step} saved in {run.learners.checkpoint_dir}; resume with: {resume_hint}")
+    except Exception as e:  # the run is ending anyway: report, then let the interrupt through
+        run.note(f"the final checkpoint failed ({type(e).__name__}: {e}); the latest periodic one stays; "
+                 f"resume with: {resume_hint}")
 
 
-def _check_worker_loops(cluster: Cluster) -> None:
-    """Surface a worker loop that died with an error instead of letting it pass silently."""
-    loops = list(cluster.worker_loops.values())
-    ready, _ = ray.wait(loops, num_returns=len(loops), timeout=0)
-    for ref in ready:
-        ray.get(ref)  # re-raises the worker's exception
-
-
-def resume(cluster: Cluster, run_dir: Path) -> int:
-    """Load the latest checkpoint into every learner rank and publish it; returns its policy version."""
-    checkpoints = run_dir / "checkpoints"
-    if not (checkpoints / "latest").is_file():
-        raise ConfigError(f"--resume {run_dir}: no checkpoint under {checkpoints}")
-    version = ray.get([l.load_checkpoint.remote(str(checkpoints)) for l in cluster.learners])[0]
-    ray.get([l.publish.remote() for l in cluster.learners])
-    return version
-
-
-def train(cfg: RunConfig, resume_dir: Path | None = None) -> Path:
+def train(cfg: RunConfig, resume_dir: Path | None = None, config_path: Path | None = None) -> Path:
     """Run `cfg` to completion, or continue the run in `resume_dir` (same directory, replay and
     version numbering) from its latest checkpoint; returns the run directory."""
-    started = time.time()
+    for line in reap_orphans():
+        log.warning(line)
     run_dir = resume_dir if resume_dir is not None else make_run_dir(cfg)
+    resume_hint = f"tidal train {config_path or ''} --resume {run_dir}".replace("  ", " ")
     with ExitStack() as stack, Progress(cfg.steps) as progress:
         progress.note(f"run directory: {run_dir}")
-        model_path = resolve_model(cfg, progress)
-        cluster = start_cluster(cfg, model_path, run_dir, stack, progress)
-        first_step = resume(cluster, run_dir) + 1 if resume_dir is not None else 1
-        writer = MetricsWriter(run_dir)
-        stack.callback(writer.close)
-        stack.callback(lambda: ray.get([w.stop.remote() for w in cluster.workers]))
+        run = start_run(cfg, run_dir, stack, progress)
+        step = 0
+        if resume_dir is not None:
+            if not run.learners.has_checkpoint():
+                raise ConfigError(f"--resume {run_dir}: no checkpoint under {run.learners.checkpoint_dir}")
+            step = restore(run)
         try:
-            train_loop(cfg, cluster, writer, progress, started, first_step)
+            step = train_loop(run, step, resume_hint)
+        except (KeyboardInterrupt, SystemExit):
+            _save_on_the_way_out(run, max(step, _last_step(run)), resume_hint)
+            raise
         finally:
-            plot_rewards(writer.records, run_dir / "reward.png", f"Tidal {cfg.name} ({cfg.mode})")
-        ray.get([l.save_checkpoint.remote(str(run_dir / "checkpoints")) for l in cluster.learners])
-        ray.get(cluster.learners[0].export_hf.remote(str(run_dir / "hf")))
-        progress.note(f"done in {time.time() - started:.0f}s; metrics {run_dir / 'metrics.jsonl'}, plot {run_dir / 'reward.png'}")
+            plot_rewards(run.writer.records, run_dir / "reward.png", f"Tidal {cfg.name} ({cfg.mode})")
+        run.learners.call_rank0("export_hf", str(run_dir / "hf"))
+        progress.note(f"done in {time.time() - run.started:.0f}s; metrics {run_dir / 'metrics.jsonl'}, "
+                      f"plot {run_dir / 'reward.png'}")
     return run_dir
+
+
+def _last_step(run: Run) -> int:
+    return max((r["step"] for r in run.writer.records), default=0)

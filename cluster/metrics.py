@@ -8,13 +8,27 @@ from pathlib import Path
 
 
 class MetricsWriter:
+    """Appends to the run's metrics.jsonl and TensorBoard events. `rewind(step)` (resuming, or
+    recovering from a restored checkpoint) drops every record after `step` from both, so that each
+    step appears once in the run's history."""
+
     def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.path = run_dir / "metrics.jsonl"
+        self.records = read_metrics(self.path) if self.path.is_file() else []
+        self._open(purge_step=None)
+
+    def _open(self, purge_step: int | None) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.path = run_dir / "metrics.jsonl"
         self._file = self.path.open("a")
-        self._tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
-        self.records: list[dict] = []
+        self._tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge_step)
+
+    def rewind(self, step: int) -> None:
+        self.close()
+        self.records = [r for r in self.records if r["step"] <= step]
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+        self._open(purge_step=step + 1)  # TensorBoard hides the events of later steps from earlier files
 
     def write(self, record: dict) -> None:
         self.records.append(record)
@@ -42,8 +56,17 @@ def read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+NOT_PLOTTED = ("eval_return", "eval_failed", "eval_tool_calls", "eval_chips")  # on other scales, or bookkeeping
+
+
+def eval_measures(records: list[dict]) -> list[str]:
+    """The sampled-evaluation keys in the records (eval_accuracy, eval_tool_call_rate, ...)."""
+    keys = {k for r in records for k in r if k.startswith("eval_") and isinstance(r[k], float)}
+    return sorted(k for k in keys if not k.endswith("_greedy") and k not in NOT_PLOTTED and k != "eval_policy_version")
+
+
 def plot_rewards(records: list[dict], path: Path, title: str) -> None:
-    """reward.png: training reward and held-out accuracy against wall time."""
+    """reward.png: training reward and each held-out measure (sampled solid, greedy dashed) against wall time."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -51,16 +74,22 @@ def plot_rewards(records: list[dict], path: Path, title: str) -> None:
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     train = [r for r in records if "reward_mean" in r]
-    ax.plot([r["wall_s"] for r in train], [r["reward_mean"] for r in train], label="train reward (batch mean)", alpha=0.6)
-    for key, label in (("eval_accuracy", "held-out accuracy, T=1 (pass@1)"), ("eval_accuracy_greedy", "held-out accuracy, greedy")):
-        points = [r for r in records if key in r]
-        ax.plot([r["wall_s"] for r in points], [r[key] for r in points], marker="o", label=label)
+    ax.plot([r["wall_s"] for r in train], [r["reward_mean"] for r in train], label="train reward (batch mean)",
+            alpha=0.5, color="gray")
+    for index, key in enumerate(eval_measures(records)):
+        color = f"C{index}"
+        name = key[len("eval_"):].replace("_", " ")
+        for variant, style, label in ((key, "-", f"held-out {name}, T=1"), (f"{key}_greedy", "--", f"held-out {name}, greedy")):
+            points = [r for r in records if variant in r]
+            if points:
+                ax.plot([r["wall_s"] for r in points], [r[variant] for r in points], style, marker="o", color=color,
+                        label=label)
     ax.set_xlabel("wall time (s)")
-    ax.set_ylabel("reward / accuracy")
-    ax.set_ylim(0, 1)
+    ax.set_ylabel("reward / rate")
+    ax.set_ylim(0, 1.05)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -25,3 +25,24 @@ def reconcile_workers(current: list[Handle], desired: int, start_worker: Callabl
     while len(workers) > desired:
         stop_worker(workers.pop())
     return workers
+
+
+class RestartBudget:
+    """At most `max_restarts` restarts of one worker slot within any `window_s` seconds: a worker
+    that dies now and then is replaced, one that keeps crashing stops the run."""
+
+    def __init__(self, max_restarts: int, window_s: float) -> None:
+        if max_restarts < 0 or window_s <= 0:
+            raise ValueError(f"max_restarts={max_restarts} must be >= 0 and window_s={window_s} > 0")
+        self.max_restarts = max_restarts
+        self.window_s = window_s
+        self._restarts: dict[int, list[float]] = {}
+
+    def allow(self, slot: int, now: float) -> bool:
+        """Whether slot may restart at `now`; records the restart when it may."""
+        recent = [t for t in self._restarts.get(slot, []) if now - t < self.window_s]
+        if len(recent) >= self.max_restarts:
+            self._restarts[slot] = recent
+            return False
+        self._restarts[slot] = recent + [now]
+        return True

@@ -19,8 +19,7 @@ from pathlib import Path
 from ray.exceptions import AuthenticationError
 from ray.job_submission import JobSubmissionClient
 
-from cluster.config import ConfigError, RunConfig, load_config
-from cluster.control import ControlError
+from cluster.errors import ConfigError, ControlError
 
 # Never uploaded with the working dir: environments, history and run outputs (checkpoints are large).
 UPLOAD_EXCLUDES = [".venv", ".git", "runs", "**/__pycache__", "*.egg-info", ".pytest_cache"]
@@ -71,8 +70,10 @@ def _first_line(error: Exception) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
-def validate_for_cluster(config_path: Path, model_on_cluster: bool) -> RunConfig:
-    """The checks `tidal train` would do, here and now, plus what a submitted run needs."""
+def validate_for_cluster(config_path: Path, model_on_cluster: bool):
+    """The checks `tidal train` would do, here and now, plus what a submitted run needs (a RunConfig)."""
+    from cluster.config import load_config
+
     # A model that exists only on the cluster's disks cannot be checked here; `tidal train` checks it there.
     cfg = load_config(config_path, overrides={"model": {"path": None}} if model_on_cluster else None)
     if cfg.ray.address is None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from envs.base import Action, Env, Observation, StepResult, Task, as_action
-from envs.errors import EpisodeStateError
+from envs.base import Action, Env, Observation, StepResult, Task, as_action, register_env
+from envs.errors import EnvError, EpisodeStateError
 from envs.rewards import CompositeReward
 
 
@@ -35,3 +35,16 @@ class SingleTurnEnv(Env):
         total, parts = self.reward(task, action.text, info)
         return StepResult(observation=None, reward=total, done=True, reward_parts=parts, info=info,
                           metrics={"accuracy": float(parts.get(self.success_term, total) > 0)})
+
+
+@register_env("single_turn")
+class ScoredTurnEnv(SingleTurnEnv):
+    """Any single-turn task scored by registered reward terms, built from a YAML config:
+    `params: {rewards: {math_answer: 1.0}, reward_params: {}, success_term: math_answer}`
+    (success_term defaults to the first term)."""
+
+    def __init__(self, rewards: dict[str, float], reward_params: dict[str, dict] | None = None,
+                 success_term: str | None = None) -> None:
+        if not rewards:
+            raise EnvError("single_turn needs at least one reward term in `rewards`")
+        super().__init__(CompositeReward.from_weights(rewards, reward_params), success_term or next(iter(rewards)))

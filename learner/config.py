@@ -57,9 +57,8 @@ class LearnerConfig(BaseModel):
     """A DeepSpeed config (dict or JSON file) merged over the one Tidal derives; it wins on conflicts."""
     max_bad_steps: int = Field(3, ge=1)
     """Consecutive steps with a NaN/inf loss that stop the run (each one is skipped and logged)."""
-    checkpoint_every: int = Field(0, ge=0)
-    """Save DeepSpeed state every this many steps (0: only at the end)."""
-    sample_timeout_s: float = Field(300.0, gt=0)
+    sample_timeout_s: float = Field(120.0, gt=0)
+    """How long a step waits for groups before it fails naming the replay's state."""
     self_imitation: SelfImitationConfig | None = None
     """SPEAR self-imitation on replayed positive-advantage trajectories; None turns it off."""
     self_imitation_samples: int = Field(16, ge=1)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,16 @@ from learner.config import LearnerConfig, merge_nested
 
 def _on_gpu() -> bool:
     return torch.cuda.is_available()
+
+
+def free_port() -> int:
+    """A TCP port free on this machine (for the process group's rendezvous on rank 0's node)."""
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+COLLECTIVE_TIMEOUT = timedelta(minutes=5)  # a peer that died mid-collective fails the others within this
 
 
 def init_process_group(rank: int, world_size: int, master_addr: str, master_port: int) -> None:
@@ -35,7 +47,7 @@ def init_process_group(rank: int, world_size: int, master_addr: str, master_port
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch_extensions"))
     import deepspeed
 
-    deepspeed.init_distributed(dist_backend="nccl" if _on_gpu() else "gloo")
+    deepspeed.init_distributed(dist_backend="nccl" if _on_gpu() else "gloo", timeout=COLLECTIVE_TIMEOUT)
 
 
 def deepspeed_config(cfg: LearnerConfig, world_size: int, dtype: torch.dtype) -> dict[str, Any]:
@@ -172,10 +184,10 @@ class PolicyEngine:
         with deepspeed.zero.GatheredParameters([p for _, p in params], enabled=self.engine.zero_optimization_stage() == 3):
             return {name: p.detach().to("cpu", torch.float32).clone() for name, p in params}
 
-    def save_checkpoint(self, directory: Path, client_state: dict[str, Any]) -> None:
-        """Model, optimizer, LR scheduler and step under `directory/global_step<N>`; `latest` names it.
+    def save_checkpoint(self, directory: Path, tag: str, client_state: dict[str, Any]) -> None:
+        """Model, optimizer, LR scheduler and step under `directory/tag`; `latest` names it.
         Collective: every rank calls it (each writes its own ZeRO partition)."""
-        self.engine.save_checkpoint(str(directory), client_state=client_state)
+        self.engine.save_checkpoint(str(directory), tag=tag, client_state=client_state)
 
     def load_checkpoint(self, directory: Path) -> dict[str, Any]:
         """Restore the checkpoint that `directory/latest` names; returns its client state."""

@@ -5,13 +5,19 @@ the global batch independently (like data-parallel loaders), the ranks meet in t
 reduction, and rank 0 publishes the new weights to the weight channel.
 
 Resuming a run: build the learners as for a new run, call `load_checkpoint(CHECKPOINT_DIR)` on
-every rank (it returns the restored policy version), then `publish()` on every rank so that the
-rollout workers start from the restored weights under that version.
+every rank (it returns the checkpoint's client state: the policy version and what the driver
+saved with it), then `publish(rewind=True)` on every rank so that the rollout workers start from
+the restored weights, and the replay drops what the lost timeline made.
+
+The actor serves two calls at once so that the driver can ask `activity()` while a step runs;
+everything that touches the engine holds one lock.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -23,7 +29,7 @@ from buffer import Group, ReplayClient, ReplayConfig, SampledGroup, Trajectory
 from learner.advantages import compute_advantages
 from learner.batch import TrainBatch, build_batch
 from learner.config import LearnerConfig
-from learner.engine import PolicyEngine, init_process_group
+from learner.engine import PolicyEngine, free_port, init_process_group
 from learner.loss_config import PolicyLossConfig
 from learner.self_imitation import SelfImitationBuffer, imitation_weight
 from learner.step import SelfImitationReplay, train_step
@@ -36,40 +42,62 @@ class NonFiniteLossError(RuntimeError):
 
 
 class Learner:
-    def __init__(self, rank: int, world_size: int, master_addr: str, master_port: int, model_path: str,
-                 cfg: LearnerConfig, loss_cfg: PolicyLossConfig, replay_cfg: ReplayConfig,
-                 shard_urls: list[str], channel, total_steps: int, priority_decay: float = 0.5,
-                 checkpoint_dir: str | None = None) -> None:
-        from transformers import AutoTokenizer
+    """Built in two steps: the constructor takes the settings, `setup(master_addr, master_port)` joins
+    the process group (rank 0's address is only known once rank 0 is placed) and builds the engine."""
 
+    def __init__(self, rank: int, world_size: int, model_path: str, cfg: LearnerConfig, loss_cfg: PolicyLossConfig,
+                 replay_cfg: ReplayConfig, shard_urls: list[str], channel, total_steps: int,
+                 priority_decay: float = 0.5) -> None:
         torch.set_num_threads(1)
-        init_process_group(rank, world_size, master_addr, master_port)
         self.rank, self.world_size = rank, world_size
         self.cfg, self.loss_cfg = cfg, loss_cfg
         self.model_path = model_path
-        self.engine = PolicyEngine(model_path, cfg, total_steps, world_size, with_reference=loss_cfg.needs_reference)
-        self.pad_id = AutoTokenizer.from_pretrained(model_path).pad_token_id
+        self.total_steps = total_steps
         self.replay = ReplayClient(replay_cfg, shard_urls)
         self.channel = channel
         self.priority_decay = priority_decay
-        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.version = 0
+        self._lock = threading.Lock()
+        self._activity = "starting"
         self.bad_steps = 0
         si_cfg = cfg.self_imitation
         self.imitation: SelfImitationBuffer[Trajectory] | None = SelfImitationBuffer(si_cfg) if si_cfg else None
         self.imitation_rng = np.random.default_rng([cfg.seed, rank])
         self.imitation_generator = torch.Generator().manual_seed(int(self.imitation_rng.integers(2**62)))
 
+    def rendezvous_address(self) -> tuple[str, int]:
+        """This node's address and a port free on it: where the process group meets (ask rank 0)."""
+        return ray.util.get_node_ip_address(), free_port()
+
+    def setup(self, master_addr: str, master_port: int) -> None:
+        from transformers import AutoTokenizer
+
+        init_process_group(self.rank, self.world_size, master_addr, master_port)
+        self.engine = PolicyEngine(self.model_path, self.cfg, self.total_steps, self.world_size,
+                                   with_reference=self.loss_cfg.needs_reference)
+        self.pad_id = AutoTokenizer.from_pretrained(self.model_path).pad_token_id
+        self._activity = "idle"
+
     def groups_for_this_rank(self) -> int:
         share, extra = divmod(self.cfg.groups_per_step, self.world_size)
         return share + (self.rank < extra)
 
+    def activity(self) -> str:
+        """What this rank is doing now (for the driver's watchdog)."""
+        return self._activity
+
     def train_step(self) -> dict:
         """Sample this rank's share of the batch, train one update on it (collective over the ranks)."""
-        started = time.time()
-        samples = self.replay.sample(self.groups_for_this_rank(), learner_version=self.version,
-                                     timeout=self.cfg.sample_timeout_s)
-        return self.train_on(samples) | {"sample_wait_s": time.time() - started}
+        with self._lock:
+            started = time.time()
+            self._activity = f"sampling {self.groups_for_this_rank()} groups from the replay at version {self.version}"
+            samples = self.replay.sample(self.groups_for_this_rank(), learner_version=self.version,
+                                         timeout=self.cfg.sample_timeout_s)
+            sampled = time.time()
+            self._activity = f"training on {len(samples)} groups at version {self.version}"
+            metrics = self.train_on(samples)
+            self._activity = "idle"
+            return metrics | {"time/sample_s": sampled - started}
 
     def train_on(self, samples: list[SampledGroup]) -> dict:
         """One update on the given groups; a skipped step (non-finite loss) leaves the weights as they were."""
@@ -78,15 +106,17 @@ class Learner:
         batch_metrics = self._batch_metrics(samples, batch)
         replay = self._self_imitation_replay()
         metrics, applied = train_step(self.engine, batch, self.loss_cfg, self.cfg.micro_batch_tokens, replay=replay)
+        trained = time.time()
         if applied:
             self._remember_good_trajectories(samples)
             self._after_update(samples)
         else:
             self._after_skip()
-        elapsed = time.time() - started
+        elapsed = trained - started
         return {**metrics, **batch_metrics, **self._self_imitation_metrics(replay),
-                "step_applied": float(applied), "policy_version": self.version,
-                "lr": self.engine.lr, "learner_tokens_per_s": int(batch.attention_mask.sum()) / max(elapsed, 1e-9)}
+                "step_applied": float(applied), "policy_version": self.version, "lr": self.engine.lr,
+                "time/train_s": elapsed, "time/publish_s": time.time() - trained,
+                "learner_tokens_per_s": int(batch.attention_mask.sum()) / max(elapsed, 1e-9)}
 
     def _self_imitation_replay(self) -> SelfImitationReplay | None:
         """This step's replayed trajectories, advantages recalibrated (None when self-imitation is off)."""
@@ -116,12 +146,11 @@ class Learner:
 
     def _after_update(self, samples: list[SampledGroup]) -> None:
         self.bad_steps = 0
+        trained_with = self.version
         self.version += 1
         self.publish()
-        self.replay.update_priorities({s.group.group_id: s.group.priority * self.priority_decay for s in samples})
-        every = self.cfg.checkpoint_every
-        if self.checkpoint_dir is not None and every and self.version % every == 0:
-            self.save_checkpoint(str(self.checkpoint_dir))
+        self.replay.report_trained(trained_with, {s.group.group_id: s.group.priority * self.priority_decay
+                                                  for s in samples})
 
     def _after_skip(self) -> None:
         self.bad_steps += 1
@@ -147,8 +176,11 @@ class Learner:
                 "importance_weight_mean": float(np.mean([s.weight for s in samples]))}
 
     def publish(self, rewind: bool = False) -> None:
-        """Rank 0 puts the weights in the object store and announces them (rewind: after a restore)."""
+        """Rank 0 tells the replay its version, then puts the weights in the object store and announces
+        them, so that no group made with them can reach the replay ahead of the version (rewind: after
+        a restore from a checkpoint; the replay drops what the lost timeline made)."""
         if self.rank == 0:
+            self.replay.set_learner_version(self.version, rewind)
             weights_ref = ray.put(self.engine.named_weights())
             ray.get(self.channel.publish.remote(self.version, [weights_ref], rewind))
 
@@ -162,19 +194,30 @@ class Learner:
                 out.append(logprobs[0].tolist())
             return out
 
-    def save_checkpoint(self, directory: str) -> None:
-        """DeepSpeed state plus the policy version; collective: call it on every rank."""
-        self.engine.save_checkpoint(Path(directory), {"policy_version": self.version})
+    def save_checkpoint(self, directory: str, tag: str, driver_state: dict, keep: int) -> None:
+        """DeepSpeed state plus the policy version and `driver_state`, as `directory/tag`; collective:
+        call it on every rank. Rank 0 then deletes all but the newest `keep` checkpoints."""
+        with self._lock:
+            self._activity = f"saving checkpoint {tag}"
+            self.engine.save_checkpoint(Path(directory), tag, {"policy_version": self.version, "driver": driver_state})
+            if self.rank == 0:
+                tags = sorted((p for p in Path(directory).iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+                for old in tags[:-keep]:
+                    shutil.rmtree(old, ignore_errors=True)
+            self._activity = "idle"
 
-    def load_checkpoint(self, directory: str) -> int:
-        """Restore the latest checkpoint under `directory` (every rank); returns its policy version."""
-        self.version = int(self.engine.load_checkpoint(Path(directory))["policy_version"])
-        self.bad_steps = 0
-        return self.version
+    def load_checkpoint(self, directory: str) -> dict:
+        """Restore the latest checkpoint under `directory` (every rank); returns its client state
+        (policy_version, driver)."""
+        with self._lock:
+            state = self.engine.load_checkpoint(Path(directory))
+            self.version = int(state["policy_version"])
+            self.bad_steps = 0
+            return state
 
     def export_hf(self, directory: str) -> None:
         if self.rank == 0:
             self.engine.export_hf(Path(directory), self.model_path)
 
 
-RemoteLearner = ray.remote(Learner)
+RemoteLearner = ray.remote(max_concurrency=2)(Learner)

@@ -5,18 +5,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from cluster.demo_model import (
-    DemoModelSettings,
-    answer_accuracy,
-    build_char_tokenizer,
-    build_demo_model,
-    noisy_sft_examples,
-)
-from envs import ArithmeticTasks
+from cluster.demo_model import build_char_tokenizer, build_demo_model
+from cluster.warm_start import AdditionWarmStart, CalculatorWarmStart, DemoModelSettings, noisy_sft_examples
+from envs import make_env
 from envs.tasks import addition_task
 from learner.sft import IGNORE_INDEX, SFTExample, sft_warm_start, tokenize_examples
 
-TINY = DemoModelSettings(clean_steps=2, noisy_steps=2, sft_batch_size=8, noisy_copies=1)
+TINY = DemoModelSettings(warm_start=AdditionWarmStart(clean_steps=2, noisy_steps=2, noisy_copies=1), sft_batch_size=8)
 
 
 @pytest.fixture(scope="module")
@@ -50,14 +45,6 @@ def test_demo_model_build_is_cached(demo_path):
     assert not [p for p in demo_path.parent.iterdir() if p.name.startswith(".building-")]
 
 
-def test_answer_accuracy_scores_exact_answers(demo_path):
-    tokenizer = AutoTokenizer.from_pretrained(demo_path)
-    model = AutoModelForCausalLM.from_pretrained(demo_path)
-    tasks = ArithmeticTasks().eval_tasks()[:16]
-    accuracy = answer_accuracy(model, tokenizer, tasks, greedy=True)
-    assert 0.0 <= accuracy <= 1.0 and accuracy * 16 == int(accuracy * 16)
-
-
 def test_noisy_labels_are_near_the_answer():
     tasks = [addition_task(20, 20)] * 2000
     clean = noisy_sft_examples(tasks[:10], label_noise=0.0, max_offset=3, copies=2, rng=np.random.default_rng(0))
@@ -89,3 +76,31 @@ def test_sft_lowers_the_completion_loss():
     assert metrics["sft/loss_final"] < 0.2 * metrics["sft/loss_first"]
     with pytest.raises(ValueError, match="steps >= 1"):
         sft_warm_start(model, tokenizer, examples, steps=0, lr=1e-2, batch_size=4, seed=0)
+
+
+def test_multi_turn_examples_train_on_model_turns_only():
+    recipe = CalculatorWarmStart()
+    tokenizer = build_char_tokenizer(64, recipe.characters, recipe.words)
+    example = SFTExample("12+30=", "<calc>12+30</calc>", (("<result>42</result>", "42"),))
+    ids, _, labels = tokenize_examples(tokenizer, [example])
+    token = tokenizer.convert_tokens_to_ids
+    eos, ignore = tokenizer.eos_token_id, IGNORE_INDEX
+    call = [token("<calc>"), *map(token, "12+30"), token("</calc>"), eos]
+    result = [token("<result>"), token("4"), token("2"), token("</result>")]
+    answer = [token("4"), token("2"), eos]
+    assert ids[0].tolist() == [tokenizer.bos_token_id, *map(token, "12+30="), *call, *result, *answer]
+    assert labels[0].tolist() == [ignore] * 7 + call + [ignore] * 4 + answer
+
+
+def test_calculator_recipe_speaks_the_calculator_envs_syntax():
+    """The warm start's tool episodes are exactly what the env answers, turn by turn."""
+    phase, = CalculatorWarmStart(num_problems=200, tool_rate=0.5).phases(np.random.default_rng(0))
+    tool = [e for e in phase.examples if e.turns]
+    assert 60 < len(tool) < 140
+    env = make_env("calculator", instructions="")
+    for example in tool[:20]:
+        task = addition_task(*map(int, example.prompt.rstrip("=").split("+")))
+        assert env.reset(task).text == example.prompt
+        (observation, answer), = example.turns
+        assert env.step(example.completion).observation.text == observation
+        assert env.step(answer).reward_parts["correctness"] == 1.0

@@ -11,16 +11,19 @@ local K_FIFO = ns .. ':fifo'      -- group id by insertion sequence
 local K_BYPRIO = ns .. ':byprio'  -- group id by priority (lowest_priority remover)
 local K_BYVER = ns .. ':byver'    -- group id by newest policy version (staleness)
 local K_QUARANTINE = ns .. ':quarantine'
+local K_LEDGER = ns .. ':ledger'  -- acked, left_<reason>, trained_groups, trained_uses
+local LEDGER_TTL_S = 7 * 86400    -- per-group ledger entries outlive the run's audit by days, not forever
 
 local function k_meta(gid) return ns .. ':m:' .. gid end
 local function k_payload(gid) return ns .. ':p:' .. gid end
 local function k_seen(gid) return ns .. ':seen:' .. gid end
+local function k_ledger(gid) return ns .. ':l:' .. gid end  -- t (times trained), v (versions), out (why it left)
 local function fmt(x) return string.format('%.17g', x) end
 
 local cfg = nil
 local function load_config()
   local v = redis.call('HMGET', K_CONFIG, 'base', 'capacity', 'selector', 'alpha', 'remover',
-    'max_times_sampled', 'max_staleness', 'spi', 'min_size', 'min_diff', 'max_diff')
+    'max_times_sampled', 'max_staleness', 'spi', 'min_size', 'min_diff', 'max_diff', 'dedup_ttl_s')
   if not v[1] then
     return redis.error_reply('namespace ' .. ns .. ' is not initialised on this shard')
   end
@@ -29,6 +32,7 @@ local function load_config()
     order_key = (v[5] == 'lowest_priority') and K_BYPRIO or K_FIFO,
     max_times = tonumber(v[6]), max_staleness = tonumber(v[7]), spi = tonumber(v[8]),
     min_size = tonumber(v[9]), min_diff = tonumber(v[10]), max_diff = tonumber(v[11]),
+    dedup_ttl = tonumber(v[12]),
   }
   return nil
 end
@@ -80,6 +84,19 @@ local function tree_find(u, total)
   return node - cfg.base, value
 end
 
+-- The consumption ledger: every acknowledged group is counted once as acked, and once more under
+-- the reason it left (left_<reason>); until then it is buffered. acked = left + buffered.
+local function ledger_acked(gid)
+  redis.call('HINCRBY', K_LEDGER, 'acked', 1)
+  redis.call('HSET', k_ledger(gid), 't', 0)
+  redis.call('EXPIRE', k_ledger(gid), LEDGER_TTL_S)
+end
+
+local function ledger_left(gid, reason)
+  redis.call('HINCRBY', K_LEDGER, 'left_' .. reason, 1)
+  redis.call('HSET', k_ledger(gid), 'out', reason)
+end
+
 local function remove_item(gid, reason)
   local meta = k_meta(gid)
   local slot = redis.call('HGET', meta, 'slot')
@@ -93,6 +110,7 @@ local function remove_item(gid, reason)
   redis.call('ZREM', K_BYVER, gid)
   redis.call('HINCRBY', K_STATS, 'deletes', 1)
   redis.call('HINCRBY', K_STATS, 'evicted_' .. reason, 1)
+  ledger_left(gid, reason)
   return true
 end
 

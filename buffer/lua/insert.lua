@@ -1,26 +1,39 @@
--- ARGV: ns, group id, staging key, priority, newest policy version, dedup ttl (s).
+-- ARGV: ns, group id, staging key, priority, oldest policy version, newest policy version.
 -- The client SETs the payload at the staging key (unique per attempt, with a TTL) in the same
 -- pipeline just before: passing 100 KB through Lua's ARGV costs more than all the rest of this script.
 -- Stored: the staging key is renamed to the payload key. Not stored: it is deleted.
--- Returns {status, ...}: ok (evicted count) | dup | skip (zero signal) | stale | blocked (limiter state).
+-- Returns {status, ...}: ok (evicted count) | dup | skip (zero signal) | stale | rewound | blocked
+-- (limiter state). Every status but dup and blocked acknowledges the group in the ledger.
 local err = load_config()
 if err then return err end
-local gid, stage, priority, version = ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+local gid, stage, priority = ARGV[2], ARGV[3], tonumber(ARGV[4])
+local oldest, newest = tonumber(ARGV[5]), tonumber(ARGV[6])
 local function reject(reply)
   redis.call('DEL', stage)
   return reply
 end
+local function acked_not_stored(reason, reply)
+  ledger_acked(gid)
+  ledger_left(gid, reason)
+  redis.call('SET', k_seen(gid), 1, 'EX', cfg.dedup_ttl)
+  return reject(reply)
+end
 
 if redis.call('EXISTS', stage) == 0 then return redis.error_reply('staged payload ' .. stage .. ' is missing') end
 if redis.call('EXISTS', k_seen(gid)) == 1 then return reject({'dup'}) end
+local learner_version = tonumber(redis.call('HGET', K_STATS, 'learner_version'))
+if learner_version and newest > learner_version then
+  -- made by weights newer than the learner's: a timeline lost to a restore from a checkpoint
+  redis.call('HINCRBY', K_STATS, 'evicted_rewound', 1)
+  return acked_not_stored('rewound', {'rewound'})
+end
 if cfg.selector == 'prioritized' and priority <= 0 then
   redis.call('HINCRBY', K_STATS, 'zero_signal_skips', 1)
-  return reject({'skip'})
+  return acked_not_stored('zero_signal', {'skip'})
 end
-local learner_version = tonumber(redis.call('HGET', K_STATS, 'learner_version'))
-if learner_version and version < learner_version - cfg.max_staleness then
+if learner_version and oldest < learner_version - cfg.max_staleness then
   redis.call('HINCRBY', K_STATS, 'evicted_stale', 1)
-  return reject({'stale'})
+  return acked_not_stored('stale', {'stale'})
 end
 local st = limiter_state()
 if not (st.size + 1 <= cfg.min_size or (st.inserts + 1) * cfg.spi - st.samples <= cfg.max_diff) then
@@ -38,12 +51,13 @@ local seq = redis.call('HINCRBY', K_STATS, 'seq', 1)
 
 redis.call('RENAME', stage, k_payload(gid))
 redis.call('PERSIST', k_payload(gid))
-redis.call('HSET', k_meta(gid), 'p', fmt(priority), 'slot', slot, 't', 0, 'v', version, 'seq', seq)
+redis.call('HSET', k_meta(gid), 'p', fmt(priority), 'slot', slot, 't', 0, 'v', oldest, 'vmax', newest, 'seq', seq)
 redis.call('HSET', K_SLOTS, slot, gid)
 redis.call('ZADD', K_FIFO, seq, gid)
 redis.call('ZADD', K_BYPRIO, fmt(priority), gid)
-redis.call('ZADD', K_BYVER, version, gid)
+redis.call('ZADD', K_BYVER, oldest, gid)
 tree_set_leaf(tonumber(slot), leaf_value(priority))
-redis.call('SET', k_seen(gid), 1, 'EX', ARGV[6])
+redis.call('SET', k_seen(gid), 1, 'EX', cfg.dedup_ttl)
 redis.call('HINCRBY', K_STATS, 'inserts', 1)
+ledger_acked(gid)
 return {'ok', evicted}

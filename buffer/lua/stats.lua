@@ -1,5 +1,6 @@
 -- ARGV: ns, learner version (-1: the latest one a sample call reported).
--- Returns {counters (flat field/value list), size, mass, learner version, staleness histogram}
+-- Returns {counters (flat field/value list), size, mass, learner version, staleness histogram,
+-- ledger counters (flat field/value list)}
 -- where histogram[a + 1] counts groups a versions behind (a = 0..max_staleness) and the last
 -- entry those beyond the bound that no sample call has evicted yet.
 local err = load_config()
@@ -11,4 +12,5 @@ for age = 1, cfg.max_staleness do
   histogram[#histogram + 1] = redis.call('ZCOUNT', K_BYVER, lv - age, lv - age)
 end
 histogram[#histogram + 1] = redis.call('ZCOUNT', K_BYVER, '-inf', '(' .. (lv - cfg.max_staleness))
-return {redis.call('HGETALL', K_STATS), redis.call('ZCARD', K_FIFO), fmt(tree_total()), lv, histogram}
+return {redis.call('HGETALL', K_STATS), redis.call('ZCARD', K_FIFO), fmt(tree_total()), lv, histogram,
+  redis.call('HGETALL', K_LEDGER)}

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import redis
 
-from buffer import Group, ReplayClient, ReplayConfig, Trajectory, start_local_shards, stop_local_shards
+from buffer import (Group, ReplayClient, ReplayConfig, Trajectory, create_table, start_local_shards,
+                    stop_local_shards)
 
 _sequence = itertools.count()
 
@@ -39,7 +40,10 @@ def _make_group(rewards, *, group_id: str | None = None, version: int = 0, token
 
 
 def _make_client(urls, namespace, **overrides) -> ReplayClient:
+    """A client of a table with these settings; the first client of a namespace creates the table, as
+    the run does (create_table checks that later ones ask for the same settings)."""
     config = ReplayConfig(namespace=namespace, **{"insert_timeout_s": 5.0, "sample_timeout_s": 5.0, **overrides})
+    create_table(config, list(urls))
     return ReplayClient(config, list(urls), seed=1234)
 
 

@@ -10,7 +10,8 @@ import ray
 import yaml
 
 from cluster.cli import main
-from cluster.config import ConfigError, RunConfig, load_config
+from cluster.config import RunConfig, load_config
+from cluster.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 

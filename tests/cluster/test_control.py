@@ -12,10 +12,13 @@ import uuid
 import numpy as np
 import pytest
 import ray
+import redis
 
-from buffer import Group, ReplayClient, ReplayConfig, Trajectory, start_local_shards, stop_local_shards
+from buffer import (ConfigMismatchError, Group, ReplayClient, ReplayConfig, Trajectory, create_table,
+                    start_local_shards, stop_local_shards)
 from cluster import replay_cli, status_cli
-from cluster.control import (CONTROLLER_NAME, NAMESPACE, ControlError, RunNotFoundError, RunStatus, find_controller,
+from cluster.errors import ControlError, RunNotFoundError
+from cluster.control import (CONTROLLER_NAME, NAMESPACE, RunStatus, find_controller,
                              start_controller)
 from cluster.scaling import reconcile_workers
 
@@ -46,7 +49,7 @@ def replay_config() -> ReplayConfig:
 @pytest.fixture
 def controller(shard, replay_config):
     handle = start_controller(RunStatus("unit", "/runs/unit", total_steps=10, desired_workers=2),
-                              replay_config, [shard.url])
+                              [shard.url], replay_config.namespace)
     yield handle
     ray.kill(handle)
     _wait_until_gone()
@@ -111,7 +114,7 @@ def test_scale_sets_the_desired_count(controller, capsys):
 
 def test_a_second_run_on_the_same_cluster_is_refused(controller, replay_config):
     with pytest.raises(ControlError, match="another Tidal run is live"):
-        start_controller(RunStatus("other", "/runs/other", 1, 1), replay_config, [])
+        start_controller(RunStatus("other", "/runs/other", 1, 1), [], replay_config.namespace)
 
 
 def test_no_live_run_is_a_clear_error():
@@ -162,6 +165,7 @@ def _dies(handle, timeout_s: float = 30.0) -> bool:
 
 
 def test_replay_stats_of_the_live_run_and_of_shards(controller, shard, replay_config, capsys):
+    create_table(replay_config, [shard.url])
     with ReplayClient(replay_config, [shard.url]) as client:
         assert client.insert(_group("w:1", [0.0, 1.0])) and client.insert(_group("w:2", [1.0, 0.0]))
     assert _cli(replay_cli.register, ["replay", "stats"]) == 0
@@ -175,9 +179,31 @@ def test_replay_stats_of_the_live_run_and_of_shards(controller, shard, replay_co
     assert via_run == via_url
 
 
+def test_replay_stats_needs_no_config_and_changes_nothing(tmp_path, capsys):
+    """An observer leaves the live table's settings byte for byte unchanged (the old clients rewrote
+    max_times_sampled and max_staleness on connect)."""
+    [shard] = start_local_shards(1, tmp_path)
+    config = ReplayConfig(namespace=f"observed-{uuid.uuid4().hex[:8]}", max_times_sampled=3, max_staleness=3)
+    create_table(config, [shard.url])
+    key = f"{config.namespace}:config"
+    with redis.Redis.from_url(shard.url) as conn:
+        before = conn.dump(key)
+    # the only table on the shard is found without --namespace
+    assert _cli(replay_cli.register, ["replay", "stats", "--shards", shard.url]) == 0
+    assert "total" in capsys.readouterr().out
+    with ReplayClient.observer([shard.url], config.namespace) as observer:
+        observer.stats()
+    with pytest.raises(ConfigMismatchError, match="max_times_sampled: stored '3', expected '0'"):
+        with ReplayClient(ReplayConfig(namespace=config.namespace), [shard.url]) as mismatched:
+            mismatched.size()
+    with redis.Redis.from_url(shard.url) as conn:
+        assert conn.dump(key) == before
+    stop_local_shards([shard])
+
+
 def test_replay_stats_with_no_shard_up_is_a_clear_error(replay_config):
     with pytest.raises(ControlError, match="none of the 1 replay shard"):
-        replay_cli.read_replay_stats(replay_config, ["redis://127.0.0.1:1"])
+        replay_cli.read_replay_stats(["redis://127.0.0.1:1"], replay_config.namespace)
 
 
 def test_reconcile_workers_by_hand():

@@ -19,7 +19,7 @@ import pytest
 import requests
 from ray.job_submission import JobStatus
 
-from cluster.config import ConfigError
+from cluster.errors import ConfigError
 from cluster.submit import (SubmitError, auth_headers, find_auth_token, job_spec, make_job_client, register,
                             submit_run, validate_for_cluster)
 

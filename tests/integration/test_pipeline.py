@@ -13,9 +13,10 @@ import pytest
 import ray
 
 from cluster.config import load_config
-from cluster.demo_model import DemoModelSettings, build_demo_model
-from cluster.driver import evaluate, learner_step, start_cluster
+from cluster.demo_model import build_demo_model
+from cluster.driver import checkpoint, evaluate, learner_step, start_run
 from cluster.progress import Progress
+from cluster.warm_start import AdditionWarmStart, DemoModelSettings
 
 pytestmark = pytest.mark.integration
 
@@ -25,34 +26,35 @@ STEPS = 12
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
-    model_path = build_demo_model(cache_dir=root / "models", settings=DemoModelSettings(clean_steps=40, noisy_steps=10))
+    model_path = build_demo_model(cache_dir=root / "models", settings=DemoModelSettings(
+        warm_start=AdditionWarmStart(clean_steps=40, noisy_steps=10)))
     cfg = load_config(None, {
-        "name": "pipeline-test", "run_root": str(root / "runs"), "steps": STEPS,
+        "name": "pipeline-test", "run_root": str(root / "runs"), "steps": STEPS, "model": {"path": str(model_path)},
         "env": {"name": "first_digit", "params": {"targets": "12"}},
-        "rollout": {"num_workers": 2, "groups_per_round": 4, "group_size": 8, "max_new_tokens": 4},
-        "learner": {"groups_per_step": 8, "optim": {"lr": 2e-3}, "checkpoint_every": 5},
+        "rollout": {"num_workers": 2, "groups_in_flight": 4, "group_size": 8, "sampling": {"max_new_tokens": 4}},
+        "learner": {"groups_per_step": 8, "optim": {"lr": 2e-3}},
         "replay": {"max_times_sampled": 1},
         "ray": {"include_dashboard": False, "num_cpus": 6},
     })
     run_dir = root / "runs" / "pipeline"
     run_dir.mkdir(parents=True)
     with ExitStack() as stack, Progress(STEPS) as progress:
-        cluster = start_cluster(cfg, str(model_path), run_dir, stack, progress)
-        loops = [w.run.remote() for w in cluster.workers]
-        records = []
-        versions_seen = []
-        for _ in range(STEPS):
-            records.append(learner_step(cluster))
-            versions_seen.append([s["policy_version"] for s in ray.get([w.stats.remote() for w in cluster.workers])])
-        ray.get([w.stop.remote() for w in cluster.workers])
-        worker_stats = ray.get(loops)
-        # Parity: with the loops stopped, the learner's weights are the latest published version.
-        probe = ray.get(cluster.workers[0].probe.remote(6))
-        recomputed = ray.get(cluster.learners[0].recompute_logprobs.remote([p["token_ids"] for p in probe]))
-        learner_version = records[-1]["policy_version"]
+        live = start_run(cfg, run_dir, stack, progress)
+        records, versions_seen = [], []
+        for step in range(1, STEPS + 1):
+            records.append(learner_step(live))
+            versions_seen.append([s["policy_version"] for s in live.workers.stats()])
+            if step % 5 == 0:
+                checkpoint(live, step)
+        worker_stats = live.workers.stats()
+        # Parity: the learner no longer steps, so its weights are the latest published version.
+        evaluator = live.workers.ready[0].handle
+        ray.get(evaluator.sync_weights.remote())
+        probe = ray.get(evaluator.probe.remote(6))
+        recomputed = live.learners.call_rank0("recompute_logprobs", [p["token_ids"] for p in probe])
         yield {"run_dir": run_dir, "records": records, "versions_seen": versions_seen, "worker_stats": worker_stats,
-               "probe": probe, "recomputed": recomputed, "learner_version": learner_version,
-               "eval": evaluate(cluster)}
+               "probe": probe, "recomputed": recomputed, "learner_version": records[-1]["policy_version"],
+               "eval": evaluate(live), "ledger": live.replay.audit()}
 
 
 def test_groups_from_both_workers_reach_the_learner_through_redis(run):
@@ -83,6 +85,16 @@ def test_reward_goes_up_on_a_trivially_learnable_env(run):
     assert last > first + 0.15, f"reward did not rise: first steps {rewards[:3]}, last steps {rewards[-3:]}"
 
 
-def test_learner_checkpoints_every_k_steps(run):
+def test_evaluation_reports_the_envs_own_measure(run):
+    assert 0.0 <= run["eval"]["eval_accuracy"] <= 1.0 and run["eval"]["eval_policy_version"] == STEPS
+
+
+def test_learner_checkpoints_when_asked_and_keeps_the_newest(run):
     tags = sorted(p.name for p in (run["run_dir"] / "checkpoints").iterdir() if p.is_dir())
-    assert tags == ["global_step10", "global_step5"]
+    assert tags == ["step10", "step5"]  # keep: 2
+
+
+def test_the_ledger_accounts_for_every_acknowledged_group(run):
+    ledger = run["ledger"]
+    assert ledger.total("acked") > STEPS * 8 and ledger.total("unaccounted") == 0
+    assert ledger.total("trained_uses") == STEPS * 8 and ledger.most_times_trained == 1 == ledger.max_times_sampled

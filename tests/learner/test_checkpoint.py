@@ -41,7 +41,7 @@ def _train(engine: PolicyEngine, steps: range) -> list[dict]:
 def test_a_resumed_engine_continues_like_an_uninterrupted_one(tiny_model, single_rank, tmp_path):
     uninterrupted = PolicyEngine(tiny_model, CFG, total_steps=10, world_size=1)
     _train(uninterrupted, range(2))
-    uninterrupted.save_checkpoint(tmp_path / "ckpt", {"policy_version": 2})
+    uninterrupted.save_checkpoint(tmp_path / "ckpt", "step2", {"policy_version": 2})
     expected = _train(uninterrupted, range(2, 4))
 
     resumed = PolicyEngine(tiny_model, CFG, total_steps=10, world_size=1)
@@ -70,9 +70,15 @@ VLLM_SCRIPT = """
 import json, sys
 from actors.engine import VLLMEngine
 from actors.engine_config import EngineConfig
+from actors.sampling import SamplingConfig
 engine = VLLMEngine(sys.argv[1], EngineConfig(), seed=3)
 prompts = json.loads(sys.argv[2])
-out = engine.generate(prompts, max_tokens=[8] * len(prompts), temperature=1.0)
+for i, prompt in enumerate(prompts):
+    engine.add(str(i), prompt, SamplingConfig(), max_tokens=8, n=1)
+finished = {}
+while engine.has_unfinished():
+    finished.update({f.request_id: f.samples[0] for f in engine.step()})
+out = [finished[str(i)] for i in range(len(prompts))]
 print("RESULT" + json.dumps([[c.token_ids, c.logprobs] for c in out]))
 """
 

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from buffer import Group, ReplayClient, ReplayConfig, SampledGroup, Trajectory, start_local_shards, stop_local_shards
+from buffer import (Group, ReplayClient, ReplayConfig, SampledGroup, Trajectory, create_table, start_local_shards,
+                    stop_local_shards)
 from learner.batch import build_batch
 from learner.config import LearnerConfig
 from learner.engine import PolicyEngine
@@ -89,6 +90,7 @@ def test_stage_0_reports_the_same_gradient_norm_as_zero_2(tiny_model, single_ran
 def replay(tmp_path):
     shards = start_local_shards(1, tmp_path / "redis")
     config = ReplayConfig(namespace=f"test-{uuid.uuid4().hex[:8]}", num_shards=1, max_staleness=100)
+    create_table(config, [s.url for s in shards])
     yield config, [s.url for s in shards]
     stop_local_shards(shards)
 
@@ -98,7 +100,8 @@ def test_the_learner_stops_after_max_bad_steps_non_finite_losses_in_a_row(tiny_m
     producer = ReplayClient(config, urls)
     for i in range(4):
         producer.insert(_group(f"w:{i}", float("nan")))
-    learner = Learner(0, 1, "127.0.0.1", 0, tiny_model, CFG, LOSS, config, urls, channel=None, total_steps=10)
+    learner = Learner(0, 1, tiny_model, CFG, LOSS, config, urls, channel=None, total_steps=10)
+    learner.setup("127.0.0.1", 0)
     before = learner.engine.named_weights()
     first = learner.train_step()
     assert first["step_applied"] == 0.0 and first["policy_version"] == 0 and np.isnan(first["loss"])

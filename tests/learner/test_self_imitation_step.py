@@ -13,7 +13,7 @@ import pytest
 import ray
 import torch
 
-from buffer import Group, ReplayConfig, SampledGroup, Trajectory, start_local_shards, stop_local_shards
+from buffer import Group, ReplayConfig, SampledGroup, Trajectory, create_table, start_local_shards, stop_local_shards
 from cluster.weight_channel import WeightChannel
 from learner.advantages import compute_advantages
 from learner.batch import build_batch
@@ -45,6 +45,7 @@ def _samples(step: int) -> list[SampledGroup]:
 def replay(tmp_path_factory):
     shards = start_local_shards(1, tmp_path_factory.mktemp("redis"))
     config = ReplayConfig(namespace=f"test-{uuid.uuid4().hex[:8]}", num_shards=1, max_staleness=100)
+    create_table(config, [s.url for s in shards])
     yield config, [s.url for s in shards]
     stop_local_shards(shards)
 
@@ -59,12 +60,14 @@ def local_ray():
 @pytest.fixture
 def channel(local_ray):
     """A fresh channel per learner: each one publishes versions from 1."""
-    return WeightChannel.remote(groups_per_step=2, max_staleness=4)
+    return WeightChannel.remote()
 
 
 def _learner(tiny_model, cfg: LearnerConfig, replay, channel) -> Learner:
     config, urls = replay
-    return Learner(0, 1, "127.0.0.1", 0, tiny_model, cfg, LOSS, config, urls, channel=channel, total_steps=10)
+    learner = Learner(0, 1, tiny_model, cfg, LOSS, config, urls, channel=channel, total_steps=10)
+    learner.setup("127.0.0.1", 0)
+    return learner
 
 
 def _expected_replay_loss(learner: Learner) -> float:

@@ -1,0 +1,53 @@
+"""Reaching a shard before anything depends on it: each way it can fail is its own named error.
+
+A run checks every configured shard before Ray, vLLM or DeepSpeed start, so that a wrong port, a
+wrong password or an unreachable host is reported within seconds with the address, instead of
+surfacing minutes later as a rate-limiter timeout.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlparse
+
+import redis
+
+from buffer.errors import ShardAuthError, ShardRefusedError, ShardTimeoutError
+
+CONNECT_TIMEOUT_S = 3.0
+
+
+def _address(url: str) -> str:
+    parsed = urlparse(url)
+    return parsed.path if parsed.scheme == "unix" else f"{parsed.hostname}:{parsed.port}"  # never the password
+
+
+def connect_checked(url: str, password: str | None, timeout_s: float = CONNECT_TIMEOUT_S) -> redis.Redis:
+    """A connection to the shard at `url` that has answered PING (authenticated when a password is set)."""
+    conn = redis.Redis.from_url(url, password=password, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    try:
+        conn.ping()
+    except redis.AuthenticationError as e:
+        conn.close()
+        raise ShardAuthError(f"replay shard {_address(url)} rejected the password: {e}") from e
+    except redis.ResponseError as e:
+        conn.close()
+        if "NOAUTH" in str(e) or "WRONGPASS" in str(e):
+            raise ShardAuthError(f"replay shard {_address(url)} requires a password (set replay.password or "
+                                 f"TIDAL_REDIS_PASSWORD): {e}") from e
+        raise
+    except redis.TimeoutError as e:
+        conn.close()
+        raise ShardTimeoutError(f"replay shard {_address(url)} did not answer within {timeout_s}s") from e
+    except redis.ConnectionError as e:
+        conn.close()
+        if isinstance(e.__cause__, TimeoutError) or "timed out" in str(e).lower():
+            raise ShardTimeoutError(f"replay shard {_address(url)} did not answer within {timeout_s}s") from e
+        raise ShardRefusedError(f"replay shard {_address(url)} refused the connection (is redis-server "
+                                f"running there?): {e}") from e
+    return conn
+
+
+def check_shards(shard_urls: list[str], password: str | None, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Reach and authenticate every shard; raises the first shard's named error."""
+    for url in shard_urls:
+        connect_checked(url, password, timeout_s).close()

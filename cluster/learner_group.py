@@ -1,0 +1,124 @@
+"""The learner ranks of a run, seen from the driver: one step at a time, with a bound on each wait.
+
+A dead rank (its process killed, out of memory) surfaces as `LearnerFailure` naming it; a step
+that does not finish within the watchdog's time as `LearnerStalled`, with what every rank was
+doing. `restart()` replaces every rank (a process group cannot take a new member mid-run) and
+`restore()` loads the latest checkpoint into them, or, when there is none yet, starts from the
+model the run began with: both are version numbers the replay and the weight channel rewind to.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import ray
+
+from cluster.checkpoints import CheckpointConfig
+from learner.learner_actor import RemoteLearner
+
+log = logging.getLogger(__name__)
+SUMMED_OVER_RANKS = ("learner_tokens_per_s", "groups")  # per-rank counts; everything else is already global
+START_TIMEOUT_S = 600.0  # DeepSpeed initialisation, a model load and the process group's rendezvous
+CALL_TIMEOUT_S = 60.0
+
+
+class LearnerFailure(RuntimeError):
+    """A learner rank died; the message names it."""
+
+    def __init__(self, rank: int, cause: BaseException) -> None:
+        super().__init__(f"learner rank {rank} failed: {type(cause).__name__}: {str(cause).splitlines()[0]}")
+        self.rank = rank
+
+
+class LearnerStalled(TimeoutError):
+    """No learner step completed within the watchdog's time; the message says what each rank was doing."""
+
+
+class LearnerGroup:
+    def __init__(self, make_rank, num_ranks: int, checkpoint_dir: Path, checkpoints: CheckpointConfig) -> None:
+        self._make_rank = make_rank  # rank -> actor handle, placed and configured by the driver
+        self.num_ranks = num_ranks
+        self.checkpoint_dir = checkpoint_dir
+        self.checkpoints = checkpoints
+        self.ranks: list = []
+        self.restarts = 0
+
+    def start(self) -> None:
+        """Start every rank; they meet at rank 0's node address on a port free there."""
+        self.ranks = [self._make_rank(rank) for rank in range(self.num_ranks)]
+        address, port = self._gather([self.ranks[0].rendezvous_address.remote()], START_TIMEOUT_S, "starting")[0]
+        self._gather([r.setup.remote(address, port) for r in self.ranks], START_TIMEOUT_S, "joining the process group")
+
+    def restart(self) -> None:
+        for rank in self.ranks:
+            ray.kill(rank, no_restart=True)
+        self.restarts += 1
+        self.start()
+
+    def step(self, watchdog_s: float) -> dict:
+        """One update on every rank; the record merges the ranks' metrics."""
+        per_rank = self._gather([r.train_step.remote() for r in self.ranks], watchdog_s, "training a step")
+        merged = {}
+        for key, value in per_rank[0].items():
+            if isinstance(value, (int, float)):
+                total = sum(m[key] for m in per_rank)
+                merged[key] = total if key in SUMMED_OVER_RANKS else total / len(per_rank)
+        return merged
+
+    def save(self, step: int, driver_state: dict) -> float:
+        """Checkpoint `step` (every rank); returns the seconds it took."""
+        started = time.monotonic()
+        self._gather([r.save_checkpoint.remote(str(self.checkpoint_dir), f"step{step}", driver_state,
+                                               self.checkpoints.keep) for r in self.ranks],
+                     self.checkpoints.timeout_s, f"saving the checkpoint of step {step}")
+        return time.monotonic() - started
+
+    def has_checkpoint(self) -> bool:
+        return (self.checkpoint_dir / "latest").is_file()
+
+    def restore(self) -> dict:
+        """Load the latest checkpoint into every rank (after `start` or `restart`) and publish it as a
+        rewind; returns its client state ({"policy_version": 0, "driver": {}} without a checkpoint:
+        the ranks then hold the model the run started from)."""
+        state = {"policy_version": 0, "driver": {}}
+        if self.has_checkpoint():
+            state = self._gather([r.load_checkpoint.remote(str(self.checkpoint_dir)) for r in self.ranks],
+                                 START_TIMEOUT_S, "loading the checkpoint")[0]
+        self.publish(rewind=True)
+        return state
+
+    def publish(self, rewind: bool = False) -> None:
+        self._gather([r.publish.remote(rewind) for r in self.ranks], CALL_TIMEOUT_S, "publishing weights")
+
+    def call_rank0(self, method: str, *args, timeout_s: float = CALL_TIMEOUT_S):
+        return self._gather([getattr(self.ranks[0], method).remote(*args)], timeout_s, method)[0]
+
+    def activities(self) -> list[str]:
+        """What each rank reports doing (or why it cannot say), within a few seconds."""
+        refs = [r.activity.remote() for r in self.ranks]
+        out = []
+        for rank, ref in enumerate(refs):
+            try:
+                out.append(f"rank {rank}: {ray.get(ref, timeout=5)}")
+            except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError) as e:
+                out.append(f"rank {rank}: no answer ({type(e).__name__})")
+        return out
+
+    def _gather(self, refs: list, timeout_s: float, what: str) -> list:
+        """Every rank's result, or the first failure: a dead rank, or the bound running out."""
+        ready, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        for ref in ready:
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayActorError as e:
+                raise LearnerFailure(refs.index(ref), e) from e
+        if pending:
+            raise LearnerStalled(f"learner ranks did not finish {what} within {timeout_s:.0f}s: "
+                                 + "; ".join(self.activities()))
+        return ray.get(refs)
+
+    def kill(self) -> None:
+        for rank in self.ranks:
+            ray.kill(rank, no_restart=True)

@@ -1,0 +1,67 @@
+"""The Redis shards of one run: started for it (local servers under the run directory) or given by
+URL, and found again after the run (for an audit, or a resume) from what the run directory records.
+
+`run_dir/replay/shards.json` records the shard URLs and the table's namespace. A later reader uses
+the recorded servers when they still answer, and otherwise starts servers of its own on the same
+data directories, whose append-only files bring the table back. (Local servers end with the
+process that started them, even on SIGKILL: buffer/shards.py.)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from buffer import LocalShard, ReplayConfig, ShardUnavailable, check_shards, start_local_shards, stop_local_shards
+
+RECORD = "shards.json"
+
+
+@dataclass
+class RunShards:
+    urls: list[str]
+    namespace: str
+    password: str | None = field(default=None, repr=False)
+    started: list[LocalShard] = field(default_factory=list)  # servers this object started (and stops)
+
+    @classmethod
+    def start(cls, config: ReplayConfig, run_dir: Path) -> "RunShards":
+        """The run's shards: the configured URLs, or local servers on the run's data directories."""
+        password = config.password.get_secret_value() if config.password else None
+        started = [] if config.shard_urls else start_local_shards(config.num_shards, run_dir / "replay", config.fsync,
+                                                                  password)
+        shards = cls(list(config.shard_urls) or [s.url for s in started], run_dir.name, password, started)
+        shards.record(run_dir)
+        return shards
+
+    def record(self, run_dir: Path) -> None:
+        (run_dir / "replay").mkdir(parents=True, exist_ok=True)
+        (run_dir / "replay" / RECORD).write_text(json.dumps({"urls": self.urls, "namespace": self.namespace}))
+
+    @classmethod
+    def open(cls, run_dir: Path) -> "RunShards":
+        """The shards of the run in `run_dir`, for reading: the live ones, or servers started on its data."""
+        config = ReplayConfig.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text())["replay"])
+        password = config.password.get_secret_value() if config.password else None
+        recorded = json.loads((run_dir / "replay" / RECORD).read_text())
+        if config.shard_urls:
+            return cls(recorded["urls"], recorded["namespace"], password)
+        try:
+            check_shards(recorded["urls"], password, timeout_s=1.0)
+            return cls(recorded["urls"], recorded["namespace"], password)
+        except ShardUnavailable:  # the run is over: bring its data back on servers of our own
+            started = start_local_shards(len(recorded["urls"]), run_dir / "replay", config.fsync, password)
+            return cls([s.url for s in started], recorded["namespace"], password, started)
+
+    def close(self) -> None:
+        stop_local_shards(self.started)
+        self.started = []
+
+    def __enter__(self) -> "RunShards":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,193 @@
+"""The rollout fleet, supervised: workers are started without waiting for them, replaced when they
+die, added and removed at the run's request, and asked for evaluations wherever one is ready.
+
+A worker is a numbered slot that can have several incarnations. Starting one returns at once: it
+joins (is `ready`) when its engine has warmed up, so a scale-up never pauses the learner. In async
+mode each worker's `run()` call doubles as its heartbeat: it returns only when the worker is
+stopped, so a finished call of a worker nobody stopped is a worker that died. Its groups in flight
+were never acknowledged; the admission controller counts them as lost and frees their room. A dead
+worker is restarted unless its slot has used its restart budget, in which case the run stops
+with a `WorkerCrashLoop` that names the worker and its last error.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import ray
+
+from cluster.errors import RunFailed
+from cluster.scaling import RestartBudget, reconcile_workers
+
+log = logging.getLogger(__name__)
+CALL_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 60.0  # a stopping worker finishes and inserts its groups in flight within this
+
+
+class WorkerCrashLoop(RunFailed):
+    """A worker slot died more often than its restart budget allows."""
+
+
+@dataclass
+class Worker:
+    slot: int
+    name: str  # unique per incarnation (group ids start with it)
+    handle: object
+    ready_ref: object  # resolves when the engine has warmed up
+    loop_ref: object | None = None  # async mode: its run() call
+    ready: bool = False
+    started_at: float = field(default_factory=time.time)
+
+
+@dataclass
+class Stopping:
+    worker: Worker
+    deadline: float
+
+
+class WorkerPool:
+    def __init__(self, start_worker: Callable[[int, str], object], admission, produce_continuously: bool,
+                 budget: RestartBudget) -> None:
+        self._start_worker = start_worker  # (slot, name) -> actor handle
+        self.admission = admission
+        self.produce_continuously = produce_continuously
+        self.budget = budget
+        self.workers: list[Worker] = []
+        self._stopping: list[Stopping] = []
+        self.restarts = 0
+        self.lost_in_flight = 0
+        self.last_errors: dict[str, str] = {}  # worker name -> why it died
+
+    # -- size ------------------------------------------------------------------------------------
+    def start(self, count: int) -> None:
+        self.workers = reconcile_workers(self.workers, count, self._launch, self._stop)
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Block until every worker started so far is ready (the run's start)."""
+        ray.get([w.ready_ref for w in self.workers], timeout=timeout_s)
+        self.check()
+
+    def resize(self, desired: int) -> bool:
+        """Start or stop workers to match `desired` (newest stopped first); True if it changed anything."""
+        if desired == len(self.workers):
+            return False
+        self.workers = reconcile_workers(self.workers, desired, self._launch, self._stop)
+        return True
+
+    def _launch(self, slot: int) -> Worker:
+        name = f"w{slot}-{uuid.uuid4().hex[:6]}"
+        handle = self._start_worker(slot, name)
+        worker = Worker(slot, name, handle, ready_ref=handle.stats.remote())  # queued behind the warm-up
+        if self.produce_continuously:
+            worker.loop_ref = handle.run.remote()
+        return worker
+
+    def _stop(self, worker: Worker) -> None:
+        worker.handle.stop.remote()
+        self._stopping.append(Stopping(worker, time.monotonic() + STOP_TIMEOUT_S))
+
+    # -- supervision -----------------------------------------------------------------------------
+    def check(self) -> list[str]:
+        """Mark workers that warmed up, replace those that died, finish stopping ones; returns notes."""
+        notes = []
+        for worker in [w for w in self.workers if not w.ready]:
+            if ray.wait([worker.ready_ref], timeout=0)[0]:
+                try:
+                    ray.get(worker.ready_ref)
+                    worker.ready = True
+                except ray.exceptions.RayActorError as e:
+                    notes.append(self._replace(worker, e))
+        for worker in [w for w in self.workers if w.loop_ref is not None]:
+            if ray.wait([worker.loop_ref], timeout=0)[0]:
+                notes.append(self._replace(worker, self._why_loop_ended(worker)))
+        self._reap_stopping()
+        return notes
+
+    def _why_loop_ended(self, worker: Worker) -> BaseException:
+        try:
+            ray.get(worker.loop_ref)
+            return RuntimeError("its loop returned although it was not stopped")
+        except ray.exceptions.RayError as e:
+            return e
+
+    def replace_dead(self, worker: Worker, error: BaseException) -> str:
+        """For callers that saw a worker fail (sync mode, evaluation)."""
+        return self._replace(worker, error)
+
+    def _replace(self, dead: Worker, error: BaseException) -> str:
+        reason = f"{type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}"
+        self.last_errors[dead.name] = reason
+        lost = ray.get(self.admission.worker_lost.remote(dead.name), timeout=CALL_TIMEOUT_S)
+        self.lost_in_flight += lost
+        ray.kill(dead.handle, no_restart=True)
+        if not self.budget.allow(dead.slot, time.monotonic()):
+            raise WorkerCrashLoop(f"rollout worker {dead.name} (slot {dead.slot}) died {self.budget.max_restarts + 1} "
+                                  f"times within {self.budget.window_s:.0f}s; its last error: {reason}")
+        self.restarts += 1
+        replacement = self._launch(dead.slot)
+        self.workers[self.workers.index(dead)] = replacement
+        return f"rollout worker {dead.name} died ({reason}); {lost} groups in flight lost; started {replacement.name}"
+
+    def _reap_stopping(self) -> None:
+        for entry in list(self._stopping):
+            finished = entry.worker.loop_ref is None or ray.wait([entry.worker.loop_ref], timeout=0)[0]
+            if finished or time.monotonic() >= entry.deadline:
+                ray.kill(entry.worker.handle, no_restart=True)
+                self._stopping.remove(entry)
+
+    # -- work ------------------------------------------------------------------------------------
+    @property
+    def ready(self) -> list[Worker]:
+        return [w for w in self.workers if w.ready]
+
+    def stats(self) -> list[dict]:
+        """The ready workers' counters (a worker that does not answer in time is skipped)."""
+        refs = [(w, w.handle.stats.remote()) for w in self.ready]
+        out = []
+        for worker, ref in refs:
+            try:
+                out.append(ray.get(ref, timeout=CALL_TIMEOUT_S))
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                continue  # the next check() replaces it if it died
+        return out
+
+    def on_any(self, call: Callable[[object], object], timeout_s: float, what: str, attempts: int = 3):
+        """`call(handle)` on a ready worker; a worker that dies meanwhile is replaced and the call
+        goes to another one, up to `attempts` times."""
+        for _ in range(attempts):
+            ready = self.ready
+            if not ready:
+                self._wait_for_one_ready(timeout_s)
+                continue
+            worker = ready[0]
+            try:
+                return ray.get(call(worker.handle), timeout=timeout_s)
+            except ray.exceptions.RayActorError as e:
+                log.warning("%s: %s", what, self._replace(worker, e))
+        raise RuntimeError(f"{what} failed on {attempts} rollout workers in a row")
+
+    def _wait_for_one_ready(self, timeout_s: float) -> None:
+        refs = [w.ready_ref for w in self.workers]
+        if not refs or not ray.wait(refs, num_returns=1, timeout=timeout_s)[0]:
+            raise TimeoutError(f"no rollout worker became ready within {timeout_s:.0f}s")
+        self.check()
+
+    def stop_all(self, timeout_s: float) -> None:
+        for worker in self.workers:
+            self._stop(worker)
+        self.workers = []
+        deadline = time.monotonic() + timeout_s
+        while self._stopping and time.monotonic() < deadline:
+            self._reap_stopping()
+            time.sleep(0.05)
+        for entry in self._stopping:
+            ray.kill(entry.worker.handle, no_restart=True)
+        self._stopping = []
+
+    def counts(self) -> dict[str, float]:
+        return {"workers/alive": len(self.ready), "workers/starting": len(self.workers) - len(self.ready),
+                "workers/restarts": self.restarts, "groups/lost_in_flight": self.lost_in_flight}
