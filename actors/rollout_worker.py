@@ -224,7 +224,7 @@ class RolloutWorker:
             task = self.tasks.sample(self.rng, category)
             self._sequence += 1
             self.loop.start(f"{self.name}:{self._sequence}", task, self._envs(self.cfg.group_size),
-                            self.cfg.sampling, self._finished.append)
+                            self.cfg.sampling, self._group_finished)
             self._training_groups += 1
 
     def _start_episodes(self, job: _EpisodesJob) -> None:
@@ -241,6 +241,9 @@ class RolloutWorker:
 
     def _envs(self, count: int) -> list[SafeEnv]:
         return [SafeEnv(self.env_cfg.build_env(), self.errors) for _ in range(count)]
+
+    def _group_finished(self, run: GroupRun) -> None:
+        self._finished.append(run)  # (not a bound list.append: the list is swapped on every insert)
 
     def _insert_finished(self) -> None:
         if not self._finished:

@@ -60,6 +60,7 @@ class Run:
     cfg: RunConfig
     run_dir: Path
     replay_cfg: ReplayConfig
+    shards: RunShards
     channel: object
     admission: object  # AdmissionController: how much to generate, and on which categories
     controller: object  # RunController: status for `tidal status`, desired size from `tidal scale`
@@ -101,7 +102,7 @@ def _exit_on_sigterm(signum, frame) -> None:
     raise SystemExit(128 + signum)
 
 
-def start_run(cfg: RunConfig, run_dir: Path, stack: ExitStack, progress: Progress) -> Run:
+def start_run(cfg: RunConfig, run_dir: Path, stack: ExitStack, progress: Progress, started: float | None = None) -> Run:
     replay_cfg = cfg.replay.model_copy(update={"namespace": run_dir.name})
     if cfg.mode == "sync":  # on-policy: each group is trained on once, in the step after it was made
         replay_cfg = replay_cfg.model_copy(update={"max_times_sampled": 1})
@@ -156,8 +157,8 @@ def start_run(cfg: RunConfig, run_dir: Path, stack: ExitStack, progress: Progres
     live.refresh(force=True)
     writer = MetricsWriter(run_dir)
     stack.callback(writer.close)
-    return Run(cfg, run_dir, replay_cfg, channel, admission, controller, replay, learners, workers, writer,
-               progress, live, time.time())
+    return Run(cfg, run_dir, replay_cfg, shards, channel, admission, controller, replay, learners, workers, writer,
+               progress, live, started or time.time())
 
 
 # -- the loop's parts ---------------------------------------------------------------------------
@@ -276,7 +277,7 @@ def train_loop(run: Run, step: int, resume_hint: str) -> int:
     policy = CheckpointPolicy(cfg.checkpoint)
     policy.saved(step)
     while step < cfg.steps:
-        for note in run.workers.check():
+        for note in run.workers.check() + run.shards.revive():
             run.note(note)
         if cfg.mode == "sync":
             produce_on_policy(run, cfg.learner.groups_per_step)
@@ -321,9 +322,10 @@ def train(cfg: RunConfig, resume_dir: Path | None = None, config_path: Path | No
         log.warning(line)
     run_dir = resume_dir if resume_dir is not None else make_run_dir(cfg)
     resume_hint = f"tidal train {config_path or ''} --resume {run_dir}".replace("  ", " ")
+    started = time.time()
     with ExitStack() as stack, Progress(cfg.steps) as progress:
         progress.note(f"run directory: {run_dir}")
-        run = start_run(cfg, run_dir, stack, progress)
+        run = start_run(cfg, run_dir, stack, progress, started)
         step = 0
         if resume_dir is not None:
             if not run.learners.has_checkpoint():

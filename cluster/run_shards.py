@@ -56,6 +56,17 @@ class RunShards:
             started = start_local_shards(len(recorded["urls"]), run_dir / "replay", config.fsync, password)
             return cls([s.url for s in started], recorded["namespace"], password, started)
 
+    def revive(self) -> list[str]:
+        """Restart any local server of the run that died, on its port and data directory (its
+        append-only file brings the table back); returns a note per restart."""
+        notes = []
+        for shard in self.started:
+            if shard.process is not None and shard.process.poll() is not None:
+                code = shard.process.returncode
+                shard.start()
+                notes.append(f"replay shard {shard.url} had exited ({code}); restarted it on its data")
+        return notes
+
     def close(self) -> None:
         stop_local_shards(self.started)
         self.started = []
