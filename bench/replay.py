@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import redis
 
-from buffer import (Group, ReplayClient, ReplayConfig, Trajectory, decode_group, encode_group, start_local_shards,
-                    stop_local_shards)
+from buffer import (Group, ReplayClient, ReplayConfig, Trajectory, create_table, decode_group, encode_group,
+                    start_local_shards, stop_local_shards)
 
 RESULTS = Path(__file__).parent / "results" / "replay.json"
 TRAJECTORIES, PROMPT_TOKENS, COMPLETION_TOKENS = 8, 128, 1024
@@ -125,6 +125,7 @@ def _raw_ceiling(url: str, payload: bytes, sizes: Sizes) -> tuple[float, float]:
 def _interleaved_ratios(url: str, template: Group, sizes: Sizes, rounds: int = 8) -> tuple[float, float]:
     """Median (ours / raw) over alternating rounds of insert_many vs pipelined SET and sample vs MGET:
     on a shared machine the load drifts between the separate measurements above, not within a round."""
+    create_table(_config("bench-interleaved"), [url])
     client = ReplayClient(_config("bench-interleaved"), [url], seed=0)
     conn = redis.Redis.from_url(url)
     payload, keys, calls = encode_group(template), [f"raw:{i}" for i in range(sizes.batch)], sizes.raw_rounds // 4 or 1
@@ -178,6 +179,7 @@ def run(sizes: Sizes, shard_counts: list[int], client_counts: list[int]) -> dict
             for num_shards in shard_counts:
                 for clients in client_counts:
                     namespace = f"bench-{num_shards}-{clients}"
+                    create_table(_config(namespace), urls[:num_shards])
                     row = {"shards": num_shards, "clients": clients}
                     for phase in ("insert_single", "insert", "sample"):
                         measured = _run_phase(pool, phase, namespace, urls[:num_shards], clients, sizes)

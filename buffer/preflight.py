@@ -26,15 +26,14 @@ def connect_checked(url: str, password: str | None, timeout_s: float = CONNECT_T
     conn = redis.Redis.from_url(url, password=password, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
     try:
         conn.ping()
-    except redis.AuthenticationError as e:
+    except (redis.AuthenticationError, redis.ResponseError) as e:
         conn.close()
-        raise ShardAuthError(f"replay shard {_address(url)} rejected the password: {e}") from e
-    except redis.ResponseError as e:
-        conn.close()
-        if "NOAUTH" in str(e) or "WRONGPASS" in str(e):
+        if isinstance(e, redis.ResponseError) and not ("NOAUTH" in str(e) or "WRONGPASS" in str(e)):
+            raise
+        if password is None:
             raise ShardAuthError(f"replay shard {_address(url)} requires a password (set replay.password or "
-                                 f"TIDAL_REDIS_PASSWORD): {e}") from e
-        raise
+                                 f"TIDAL_REDIS_PASSWORD)") from e
+        raise ShardAuthError(f"replay shard {_address(url)} rejected the password: {e}") from e
     except redis.TimeoutError as e:
         conn.close()
         raise ShardTimeoutError(f"replay shard {_address(url)} did not answer within {timeout_s}s") from e

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 
 from rich.table import Table
 
+PER_SHARD_KEY = re.compile(r"^replay/shard\d+/")  # to_dict()'s per-shard keys (the rest are service totals)
 EVICTION_REASONS = ("capacity", "stale", "max_times_sampled", "quarantined", "rewound")
 
 

@@ -43,8 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue this run from its latest checkpoint")
     train.set_defaults(func=_train)
 
-    bench = commands.add_parser("bench", help="run a benchmark from bench/ (replay, staleness)")
-    bench.add_argument("name", choices=["replay", "staleness"])
+    benchmarks = sorted(p.stem for p in BENCH_DIR.glob("*.py") if not p.stem.startswith("_"))
+    bench = commands.add_parser("bench", help=f"run a benchmark from bench/ ({', '.join(benchmarks)})")
+    bench.add_argument("name", choices=benchmarks)
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="arguments passed to the benchmark")
     bench.set_defaults(func=_bench)
     for module in (submit, status_cli, replay_cli):

@@ -22,16 +22,18 @@ from datetime import datetime
 from pathlib import Path
 
 import ray
+import transformers
 import yaml
 
 from actors.rollout_worker import RemoteRolloutWorker
 from buffer import RateLimiterTimeout, ReplayClient, ReplayConfig, check_shards, create_table
+from buffer.stats import PER_SHARD_KEY
 from cluster.admission import RemoteAdmissionController
 from cluster.checkpoints import CheckpointPolicy
 from cluster.config import RunConfig
 from cluster.control import RunStatus, start_controller
 from cluster.demo_model import build_demo_model
-from cluster.errors import ConfigError, RunFailed
+from cluster.errors import RunFailed
 from cluster.learner_group import LearnerFailure, LearnerGroup, LearnerStalled
 from cluster.metrics import MetricsWriter, plot_rewards
 from cluster.processes import LiveRun, reap_orphans
@@ -93,6 +95,7 @@ def resolve_model(cfg: RunConfig, progress: Progress) -> str:
         return str(cfg.model.path)
     progress.note("building the demo model (cached after the first run)...")
     started = time.time()
+    transformers.utils.logging.disable_progress_bar()
     path = build_demo_model(seed=cfg.seed, settings=cfg.model.demo)
     progress.note(f"demo model ready in {time.time() - started:.0f}s: {path}")
     return str(path)
@@ -115,11 +118,15 @@ def start_run(cfg: RunConfig, run_dir: Path, stack: ExitStack, progress: Progres
     progress.note(f"replay: {len(shards.urls)} Redis shards {shards.urls}")
     model_path = resolve_model(cfg, progress)
 
+    # The actors' own output (vLLM, DeepSpeed and their warnings) goes to the session's log files, not
+    # to this terminal: it shows the run's progress; failures still arrive here as exceptions.
     context = ray.init(address=cfg.ray.address, num_cpus=cfg.ray.num_cpus if cfg.ray.address is None else None,
                        include_dashboard=cfg.ray.include_dashboard, runtime_env={"env_vars": ACTOR_ENV},
-                       logging_level=logging.WARNING)
+                       logging_level=logging.ERROR, log_to_driver=False)
     stack.callback(ray.shutdown)
-    live.set_ray_session(ray._private.worker._global_node.get_session_dir_path())
+    session = ray._private.worker._global_node.get_session_dir_path()
+    live.set_ray_session(session)
+    progress.note(f"actor logs: {session}/logs")
     # After ray.init, which installs a SIGTERM handler that aborts the process: a run stopped with
     # SIGTERM (a job manager, `timeout`, `kill`) must unwind this stack like Ctrl-C does.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
@@ -264,7 +271,7 @@ def step_record(run: Run, step: int, learner: dict, meter: RolloutMeter) -> dict
     admitted = ray.get(run.admission.totals.remote(), timeout=CALL_TIMEOUT_S)
     record |= {f"admission/{k}": v for k, v in admitted.items()}
     replay = run.replay.stats().to_dict()
-    record |= {k: v for k, v in replay.items() if "/shard" not in k}  # service totals, not per shard
+    record |= {k: v for k, v in replay.items() if not PER_SHARD_KEY.match(k)}  # service totals, not per shard
     return record
 
 
@@ -326,11 +333,9 @@ def train(cfg: RunConfig, resume_dir: Path | None = None, config_path: Path | No
     with ExitStack() as stack, Progress(cfg.steps) as progress:
         progress.note(f"run directory: {run_dir}")
         run = start_run(cfg, run_dir, stack, progress, started)
-        step = 0
-        if resume_dir is not None:
-            if not run.learners.has_checkpoint():
-                raise ConfigError(f"--resume {run_dir}: no checkpoint under {run.learners.checkpoint_dir}")
-            step = restore(run)
+        # A resumed run goes back to its latest checkpoint; one that died before its first goes back to
+        # step 0 with the model it started from, keeping the replay's groups of that version.
+        step = restore(run) if resume_dir is not None else 0
         try:
             step = train_loop(run, step, resume_hint)
         except (KeyboardInterrupt, SystemExit):

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import re
 import time
 
 import ray
 from rich.console import Console
 from rich.table import Table
 
+from buffer.stats import PER_SHARD_KEY
 from cluster.control import RunStatus, find_controller
 
-_PER_SHARD_KEY = re.compile(r"^replay/shard\d+/")  # per-shard detail is `tidal replay stats`'s job
 
 
 def render_status(status: RunStatus, now: float | None = None) -> Table:
@@ -37,7 +36,7 @@ def render_status(status: RunStatus, now: float | None = None) -> Table:
             table.add_row(key, _number(value))
     table.add_section()
     for key, value in sorted(status.replay.items()):
-        if not _PER_SHARD_KEY.match(key):
+        if not PER_SHARD_KEY.match(key):  # per-shard detail is `tidal replay stats`'s job
             table.add_row(key, _number(value))
     return table
 

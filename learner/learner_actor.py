@@ -37,6 +37,9 @@ from learner.step import SelfImitationReplay, train_step
 log = logging.getLogger(__name__)
 
 
+PUBLISH_TIMEOUT_S = 60.0  # the weight channel is a tiny actor: a minute is far above normal
+
+
 class NonFiniteLossError(RuntimeError):
     """Too many consecutive steps had a NaN or infinite loss."""
 
@@ -182,7 +185,7 @@ class Learner:
         if self.rank == 0:
             self.replay.set_learner_version(self.version, rewind)
             weights_ref = ray.put(self.engine.named_weights())
-            ray.get(self.channel.publish.remote(self.version, [weights_ref], rewind))
+            ray.get(self.channel.publish.remote(self.version, [weights_ref], rewind), timeout=PUBLISH_TIMEOUT_S)
 
     def recompute_logprobs(self, trajectories_ids: list[list[int]]) -> list[list[float]]:
         """Next-token logprobs of each sequence under the current weights (for checking engine parity)."""
