@@ -338,17 +338,18 @@ class ReplayClient:
 
     # ---- priorities, stats ---------------------------------------------------------------------
 
-    def report_trained(self, version: int, priorities: dict[str, float]) -> int:
-        """The learner trained on these groups with the weights of `version`: each is recorded in the
-        ledger, and those still stored get their new priority (unknown ids are ignored).
+    def report_trained(self, version: int, uses: list[tuple[str, float]]) -> int:
+        """The learner trained with the weights of `version` on these (group id, new priority) pairs,
+        one per use (a group drawn twice in a batch appears twice): each use is recorded in the
+        ledger, and groups still stored get their new priority (unknown ids are ignored).
         Returns how many priorities were applied."""
-        by_shard: dict[int, dict[str, float]] = {}
+        by_shard: dict[int, list[tuple[str, float]]] = {}
         with self._lock:
-            for group_id, priority in priorities.items():
+            for group_id, priority in uses:
                 if not (np.isfinite(priority) and priority >= 0):
                     raise ValueError(f"priority of {group_id} must be finite and >= 0, got {priority}")
                 index = self._route_cache.get(group_id, self._home(group_id))
-                by_shard.setdefault(index, {})[group_id] = priority
+                by_shard.setdefault(index, []).append((group_id, priority))
         applied = 0
         for index, batch in by_shard.items():
             try:

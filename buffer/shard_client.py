@@ -249,9 +249,9 @@ class ShardConnection:
     def size(self) -> int:
         return int(self.call("size", []))
 
-    def trained(self, version: int, priorities: dict[str, float]) -> int:
+    def trained(self, version: int, uses: list[tuple[str, float]]) -> int:
         flat: list = [version]
-        for group_id, priority in priorities.items():
+        for group_id, priority in uses:
             flat += [group_id, repr(float(priority))]
         return int(self.call("trained", flat))
 

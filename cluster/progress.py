@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.progress import Progress as RichProgress
@@ -23,14 +25,15 @@ class Progress:
         self._bar.stop()
 
     def note(self, message: str) -> None:
-        self.console.log(message)
+        """A timestamped line, never wrapped: paths and commands in it stay whole for copying."""
+        self.console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {message}", soft_wrap=True, highlight=False)
 
     def evaluated(self, step: int, record: dict) -> None:
         """One line per evaluation: each of the env's measures, sampled (T=1) / greedy."""
         names = [k[len("eval_"):] for k in record if k.startswith("eval_") and f"{k}_greedy" in record]
         shown = [name for name in names if name not in ("return", "failed")] or names
         self._eval = "eval " + " ".join(f"{record[f'eval_{n}']:.2f}/{record[f'eval_{n}_greedy']:.2f}" for n in shown[:2])
-        self.console.log(f"step {step}: held-out (sampled / greedy) " + ", ".join(
+        self.note(f"step {step}: held-out (sampled / greedy) " + ", ".join(
             f"{n} {record[f'eval_{n}']:.3f} / {record[f'eval_{n}_greedy']:.3f}" for n in shown))
 
     def stepped(self, record: dict) -> None:

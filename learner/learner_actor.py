@@ -152,8 +152,8 @@ class Learner:
         trained_with = self.version
         self.version += 1
         self.publish()
-        self.replay.report_trained(trained_with, {s.group.group_id: s.group.priority * self.priority_decay
-                                                  for s in samples})
+        self.replay.report_trained(trained_with, [(s.group.group_id, s.group.priority * self.priority_decay)
+                                                  for s in samples])
 
     def _after_skip(self) -> None:
         self.bad_steps += 1

@@ -25,7 +25,7 @@ def test_lowest_priority_remover(shards, namespace, make_client, make_group, sto
         client.insert(make_group([0.0, 1.0], group_id=group_id, priority=p))
     # d (0.3) evicts b (0.1); e (0.7) evicts d (0.3)
     assert sorted(stored_ids(shards[0].url, namespace)) == ["a", "c", "e"]
-    client.report_trained(0, {"c": 0.05})  # updates move a group down the eviction order too
+    client.report_trained(0, [("c", 0.05)])  # updates move a group down the eviction order too
     client.insert(make_group([0.0, 1.0], group_id="f", priority=0.6))
     assert sorted(stored_ids(shards[0].url, namespace)) == ["a", "e", "f"]
 

@@ -68,9 +68,9 @@ def test_priority_update_to_zero_stops_sampling(shards, namespace, make_client, 
     first, second = make_group([0.0, 1.0]), make_group([0.0, 1.0])
     client.insert(first)
     client.insert(second)
-    assert client.report_trained(0, {first.group_id: 0.0, "unknown:1": 3.0}) == 1
+    assert client.report_trained(0, [(first.group_id, 0.0), ("unknown:1", 3.0)]) == 1
     assert {s.group.group_id for s in client.sample(20, learner_version=0)} == {second.group_id}
-    client.report_trained(0, {second.group_id: 0.0})
+    client.report_trained(0, [(second.group_id, 0.0)])
     with pytest.raises(RateLimiterTimeout, match="got 0"):
         client.sample(1, learner_version=0, timeout=0.2)
 
