@@ -254,7 +254,8 @@ class RolloutWorker:
         stored = sum(self.replay.insert_many(groups)) if groups else 0
         self._counters["groups"] += stored
         self._counters["groups_not_stored"] += len(groups) - stored
-        ray.get(self.admission.done.remote(self.name, len(runs), stored), timeout=CALL_TIMEOUT_S)
+        zero_signal = Counter(g.category for g in groups if g.priority == 0)  # the curriculum counts these as 0
+        ray.get(self.admission.done.remote(self.name, len(runs), stored, dict(zero_signal)), timeout=CALL_TIMEOUT_S)
         if self._quota is not None:
             left, future = self._quota
             self._quota = (left - stored, future)

@@ -8,8 +8,10 @@ versions; the replay's own staleness bound evicts the rest. Counting what the re
 what was ever produced) keeps the bound exact when groups are skipped, evicted or reused.
 
 Every grant carries the category of the task to draw, chosen by the run's curriculum, so that all
-workers sample from one distribution. The curriculum learns from the learner's per-category
-signal (`update_curriculum`) and its state travels with checkpoints (`state` / `load_state`).
+workers sample from one distribution. The curriculum learns, after every learner step, from the
+mean |A| of each category's groups: those the learner trained on, and those the workers made
+without any learning signal (all rewards equal: never stored, so never trained on), which count
+0. Its state travels with checkpoints (`state` / `load_state`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class AdmissionController:
         self.rng = np.random.default_rng(seed)
         self.in_flight: Counter[str] = Counter()  # worker -> groups admitted, not yet inserted or dropped
         self.counts: Counter[str] = Counter()  # admitted, stored, lost_in_flight (over the run)
+        self.zero_signal: Counter[str] = Counter()  # category -> zero-signal groups since the last update
 
     def admit(self, worker: str, num_groups: int, buffered: int) -> list[str | None]:
         """Room for up to `num_groups` new groups, given `buffered` groups waiting in the replay:
@@ -42,10 +45,12 @@ class AdmissionController:
         self.counts["admitted"] += granted
         return [self.curriculum.sample_category(self.rng) for _ in range(granted)]
 
-    def done(self, worker: str, finished: int, stored: int) -> None:
-        """`finished` admitted groups ended, `stored` of them were acknowledged by the replay."""
+    def done(self, worker: str, finished: int, stored: int, zero_signal: dict[str, int] | None = None) -> None:
+        """`finished` admitted groups ended, `stored` of them were stored by the replay; `zero_signal`:
+        category -> groups without a learning signal."""
         self.in_flight[worker] = max(0, self.in_flight[worker] - finished)
         self.counts["stored"] += stored
+        self.zero_signal.update(zero_signal or {})
 
     def worker_lost(self, worker: str) -> int:
         """A worker died: its groups in flight are lost (never acknowledged). Returns how many."""
@@ -53,8 +58,17 @@ class AdmissionController:
         self.counts["lost_in_flight"] += lost
         return lost
 
-    def update_curriculum(self, signals: dict[str, float]) -> None:
-        self.curriculum.update(signals)
+    def update_curriculum(self, trained: dict[str, tuple[float, float]]) -> dict[str, float]:
+        """`trained`: category -> (mean |A|, groups) of the learner's last step. Zero-signal groups made
+        since the last update join with |A| = 0. Returns the categories' new probabilities."""
+        signals = {}
+        for category in set(trained) | set(self.zero_signal):
+            mean, groups = trained.get(category, (0.0, 0.0))
+            signals[category] = mean * groups / (groups + self.zero_signal[category])
+        self.zero_signal.clear()
+        if signals:
+            self.curriculum.update(signals)
+        return self.curriculum.probabilities()
 
     def probabilities(self) -> dict[str, float]:
         return self.curriculum.probabilities()

@@ -270,6 +270,10 @@ def step_record(run: Run, step: int, learner: dict, meter: RolloutMeter) -> dict
     record |= meter.record() | run.workers.counts()
     admitted = ray.get(run.admission.totals.remote(), timeout=CALL_TIMEOUT_S)
     record |= {f"admission/{k}": v for k, v in admitted.items()}
+    trained = {key[len("signal/"):]: (value, learner.get(f"signal_groups/{key[len('signal/'):]}", 0.0))
+               for key, value in learner.items() if key.startswith("signal/")}
+    probabilities = ray.get(run.admission.update_curriculum.remote(trained), timeout=CALL_TIMEOUT_S)
+    record |= {f"curriculum/p/{category}": p for category, p in probabilities.items()}
     replay = run.replay.stats().to_dict()
     record |= {k: v for k, v in replay.items() if not PER_SHARD_KEY.match(k)}  # service totals, not per shard
     return record

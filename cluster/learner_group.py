@@ -61,10 +61,11 @@ class LearnerGroup:
         """One update on every rank; the record merges the ranks' metrics."""
         per_rank = self._gather([r.train_step.remote() for r in self.ranks], watchdog_s, "training a step")
         merged = {}
-        for key, value in per_rank[0].items():
-            if isinstance(value, (int, float)):
-                total = sum(m[key] for m in per_rank)
-                merged[key] = total if key in SUMMED_OVER_RANKS else total / len(per_rank)
+        for key in dict.fromkeys(k for m in per_rank for k in m):  # a category may be on some ranks only
+            values = [m[key] for m in per_rank if isinstance(m.get(key), (int, float))]
+            if values:
+                merged[key] = sum(values) if key in SUMMED_OVER_RANKS or key.startswith("signal_groups/") \
+                    else sum(values) / len(values)
         return merged
 
     def save(self, step: int, driver_state: dict) -> float:

@@ -31,9 +31,17 @@ class MetricsWriter:
         self._open(purge_step=step + 1)  # TensorBoard hides the events of later steps from earlier files
 
     def write(self, record: dict) -> None:
-        self.records.append(record)
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        """Append `record`; one for the step of the last record (a resumed run's first evaluation, at
+        the restored step) is merged into it, so that every step stays one line."""
+        if self.records and self.records[-1]["step"] == record["step"]:
+            self.records[-1] = self.records[-1] | record
+            self._file.close()
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+            self._file = self.path.open("a")
+        else:
+            self.records.append(record)
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
         for key, value in record.items():
             if isinstance(value, (int, float)) and key != "step" and math.isfinite(value):
                 self._tensorboard.add_scalar(_tensorboard_tag(key), value, record["step"])

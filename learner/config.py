@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from learner.loss_config import SelfImitationConfig
 
@@ -48,7 +48,9 @@ class LearnerConfig(BaseModel):
     micro_batch_tokens: int = Field(4096, ge=16)
     """Token budget (rows x padded length) of one micro-batch; gradients accumulate over micro-batches."""
     advantage: str = "grpo"
-    """A registered advantage estimator (learner.advantages.ADVANTAGES)."""
+    """A registered advantage estimator (learner.advantages.ADVANTAGES): grpo, dr_grpo, rloo, rae."""
+    advantage_params: dict[str, Any] = {}
+    """Parameters of a stateful estimator (rae: {alpha: 0.95})."""
     zero_stage: Literal[0, 1, 2, 3] = 2
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """auto: float32 on CPU, bfloat16 on GPU."""
@@ -65,12 +67,12 @@ class LearnerConfig(BaseModel):
     """Replayed trajectories per rank and step (used only when `self_imitation` is set)."""
     seed: int = 0
 
-    @field_validator("advantage")
-    @classmethod
-    def _known_advantage(cls, name: str) -> str:
-        from learner.advantages import ADVANTAGES
+    @model_validator(mode="after")
+    def _buildable_estimator(self) -> "LearnerConfig":
+        from learner.advantages import make_estimator
 
-        return ADVANTAGES.check(name)
+        make_estimator(self.advantage, self.advantage_params)  # a bad name or parameter fails when the config loads
+        return self
 
     @field_validator("deepspeed")
     @classmethod

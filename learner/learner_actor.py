@@ -26,7 +26,8 @@ import ray
 import torch
 
 from buffer import Group, ReplayClient, ReplayConfig, SampledGroup, Trajectory
-from learner.advantages import compute_advantages
+from envs.curriculum import mean_abs_advantage_by_category
+from learner.advantages import make_estimator
 from learner.batch import TrainBatch, build_batch
 from learner.config import LearnerConfig
 from learner.engine import PolicyEngine, free_port, init_process_group
@@ -60,6 +61,7 @@ class Learner:
         self.channel = channel
         self.priority_decay = priority_decay
         self.version = 0
+        self.advantages = make_estimator(cfg.advantage, cfg.advantage_params)
         self._lock = threading.Lock()
         self._activity = "starting"
         self.bad_steps = 0
@@ -105,8 +107,10 @@ class Learner:
     def train_on(self, samples: list[SampledGroup]) -> dict:
         """One update on the given groups; a skipped step (non-finite loss) leaves the weights as they were."""
         started = time.time()
-        batch = self._batch(samples)
-        batch_metrics = self._batch_metrics(samples, batch)
+        advantages = [self.advantages(s.group, first_use=s.times_sampled == 1) for s in samples]
+        # Prioritized sampling is corrected by the importance weight, applied to the advantage.
+        batch = build_batch(samples, [a * s.weight for a, s in zip(advantages, samples)], self.pad_id)
+        batch_metrics = self._batch_metrics(samples, batch, advantages)
         replay = self._self_imitation_replay()
         metrics, applied = train_step(self.engine, batch, self.loss_cfg, self.cfg.micro_batch_tokens, replay=replay)
         trained = time.time()
@@ -163,20 +167,20 @@ class Learner:
             raise NonFiniteLossError(f"{self.bad_steps} consecutive steps had a non-finite loss "
                                      f"(max_bad_steps={self.cfg.max_bad_steps}); stopping")
 
-    def _batch(self, samples: list[SampledGroup]) -> TrainBatch:
-        # Prioritized sampling is corrected by the importance weight, applied to the advantage.
-        advantages = [compute_advantages(self.cfg.advantage, torch.tensor(s.group.rewards)).numpy() * s.weight
-                      for s in samples]
-        return build_batch(samples, advantages, self.pad_id)
-
-    def _batch_metrics(self, samples: list[SampledGroup], batch: TrainBatch) -> dict:
+    def _batch_metrics(self, samples: list[SampledGroup], batch: TrainBatch, advantages: list[np.ndarray]) -> dict:
+        """Batch statistics, and per task category the mean |A| of its groups (`signal/<category>`, with
+        their count `signal_groups/<category>`): what the run's curriculum learns from."""
         mask = batch.loss_mask.bool()
         behaviour_versions = batch.policy_versions[mask].double()
         rewards = np.concatenate([s.group.rewards for s in samples])
         producers = {s.group.group_id.rsplit(":", 1)[0] for s in samples}  # group ids are "worker:sequence"
+        categories = [s.group.category for s in samples]
+        signals = mean_abs_advantage_by_category(zip(categories, advantages))
         return {"reward_mean": float(rewards.mean()), "groups": len(samples), "producers": len(producers),
                 "staleness_mean": float(self.version - behaviour_versions.mean()) if mask.any() else 0.0,
-                "importance_weight_mean": float(np.mean([s.weight for s in samples]))}
+                "importance_weight_mean": float(np.mean([s.weight for s in samples]))} | {
+            f"signal/{category}": value for category, value in signals.items()} | {
+            f"signal_groups/{category}": float(categories.count(category)) for category in signals}
 
     def publish(self, rewind: bool = False) -> None:
         """Rank 0 tells the replay its version, then puts the weights in the object store and announces
@@ -202,7 +206,8 @@ class Learner:
         call it on every rank. Rank 0 then deletes all but the newest `keep` checkpoints."""
         with self._lock:
             self._activity = f"saving checkpoint {tag}"
-            self.engine.save_checkpoint(Path(directory), tag, {"policy_version": self.version, "driver": driver_state})
+            self.engine.save_checkpoint(Path(directory), tag, {"policy_version": self.version, "driver": driver_state,
+                                                               "advantage": self.advantages.state()})
             if self.rank == 0:
                 tags = sorted((p for p in Path(directory).iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
                 for old in tags[:-keep]:
@@ -215,6 +220,7 @@ class Learner:
         with self._lock:
             state = self.engine.load_checkpoint(Path(directory))
             self.version = int(state["policy_version"])
+            self.advantages.load_state(state.get("advantage", {}))
             self.bad_steps = 0
             return state
 

@@ -71,3 +71,19 @@ def test_example_cluster_config_validates_except_the_model_path():
     cfg = load_config(path, overrides={"model": {"path": None}})
     assert cfg.ray.address == "auto" and len(cfg.replay.shard_urls) >= 2
     assert "password" not in yaml.safe_load(path.read_text())["replay"]  # it comes from TIDAL_REDIS_PASSWORD
+
+
+def test_metrics_rewind_keeps_every_step_once(tmp_path):
+    from cluster.metrics import MetricsWriter, read_metrics
+
+    writer = MetricsWriter(tmp_path)
+    for step in range(6):
+        writer.write({"step": step, "loss": float(step)})
+    writer.rewind(3)  # a restore to step 3: steps 4 and 5 are redone
+    writer.write({"step": 3, "eval_accuracy": 0.5})  # the resumed run's first evaluation, at the restored step
+    writer.write({"step": 4, "loss": 40.0})
+    writer.close()
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in records] == [0, 1, 2, 3, 4]
+    assert records[3] == {"step": 3, "loss": 3.0, "eval_accuracy": 0.5} and records[4]["loss"] == 40.0
+    assert len(MetricsWriter(tmp_path).records) == 5

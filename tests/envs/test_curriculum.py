@@ -6,15 +6,14 @@ import pytest
 from pydantic import ValidationError
 
 from envs import (
-    ArithmeticTasks,
     CurriculumConfig,
     EnvError,
     SECCurriculum,
-    TaskSampler,
     UniformCurriculum,
     make_curriculum,
     mean_abs_advantage_by_category,
 )
+from envs.curriculum import DUMPCurriculum
 
 
 def test_sec_update_by_hand():
@@ -56,10 +55,59 @@ def test_curriculum_is_off_by_default():
     assert isinstance(make_curriculum(CurriculumConfig(), ["carries=0"]), UniformCurriculum)
 
 
-def test_task_sampler_follows_the_curriculum():
-    source = ArithmeticTasks()
-    sec = make_curriculum(CurriculumConfig(kind="sec", alpha=1.0, tau=0.1), source.categories)
-    sec.update({"carries=1": 1.0})  # softmax([0, 10]): almost always carries=1
-    sampler = TaskSampler(source, sec, seed=0)
-    counts = Counter(sampler.next_task().category for _ in range(200))
-    assert counts["carries=1"] >= 195
+def test_dump_scores_by_hand():
+    dump = DUMPCurriculum(["easy", "hard"], ucb_c=0.1, tau=1.0, window=2)
+    assert dump.probabilities() == {"easy": 0.5, "hard": 0.5}  # nothing observed: explore evenly
+    dump.update({"easy": 0.5})
+    assert dump.probabilities() == {"easy": 0.0, "hard": 1.0}  # hard was never observed: it comes first
+    dump.update({"hard": 0.0})
+    bonus = 0.1 * math.sqrt(math.log(2) / 1)  # total 2 observations, 1 each
+    assert dump.scores() == pytest.approx({"easy": 0.5 + bonus, "hard": bonus})
+    assert dump.probabilities()["easy"] == pytest.approx(math.exp(0.5) / (math.exp(0.5) + 1))
+    dump.update({"easy": 0.1})
+    dump.update({"easy": 0.3})  # window 2: the 0.5 drops out, mean (0.1 + 0.3) / 2
+    assert dump.scores()["easy"] == pytest.approx(0.2 + 0.1 * math.sqrt(math.log(4) / 3))
+    restored = DUMPCurriculum(["easy", "hard"], ucb_c=0.1, tau=1.0, window=2)
+    restored.load_state(dump.state())
+    assert restored.scores() == dump.scores()
+
+
+class SimulatedLearner:
+    """Two task categories: on `learnable` the success rate p rises with each group trained on it
+    (p = min(0.9, 0.1 + 0.02 n)), on `unsolvable` every episode fails. A group of 8 episodes has
+    mean |A| = mean |R - mean R| (0 for the zero-signal groups of `unsolvable`)."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.trained = {"learnable": 0, "unsolvable": 0}
+
+    def batch_signal(self, categories: list[str]) -> dict[str, float]:
+        signals = {}
+        for category in set(categories):
+            values = []
+            for _ in range(categories.count(category)):
+                p = min(0.9, 0.1 + 0.02 * self.trained["learnable"]) if category == "learnable" else 0.0
+                rewards = (self.rng.random(8) < p).astype(float)
+                values.append(float(np.mean(np.abs(rewards - rewards.mean()))))
+                self.trained[category] += 1
+            signals[category] = float(np.mean(values))
+        return signals
+
+
+@pytest.mark.parametrize("config", [CurriculumConfig(kind="sec", alpha=0.5, tau=0.1),
+                                    CurriculumConfig(kind="dump", ucb_c=0.1, tau=0.1)], ids=["sec", "dump"])
+def test_the_curriculum_moves_to_the_category_that_can_be_learned(config):
+    """16 groups per step for 30 steps; the numbers this test saw are in the assertion messages."""
+    curriculum = make_curriculum(config, ["learnable", "unsolvable"])
+    learner, rng = SimulatedLearner(0), np.random.default_rng(1)
+    start = curriculum.probabilities()
+    history = []
+    for _ in range(30):
+        categories = [curriculum.sample_category(rng) for _ in range(16)]
+        curriculum.update(learner.batch_signal(categories))
+        history.append(round(curriculum.probabilities()["learnable"], 3))
+    assert start["learnable"] == 0.5, start
+    # (the learnable category's signal shrinks as its success rate saturates near 0.9, so its
+    # preference settles below 1; the unsolvable one never gives a signal)
+    assert np.mean(history[-10:]) > 0.7, f"P(learnable) per step: {history}"
+    assert learner.trained["learnable"] > 3 * learner.trained["unsolvable"], learner.trained
