@@ -47,6 +47,7 @@ class _EpisodesJob:
     """Fixed tasks at fixed weights (evaluation, parity probes): one single-episode group each."""
 
     requests: list[tuple[Task, SamplingConfig]]
+    env: EnvConfig
     future: cf.Future = field(default_factory=cf.Future)
     episodes: dict[int, Episode] = field(default_factory=dict)
 
@@ -107,12 +108,14 @@ class RolloutWorker:
         self._post(("weights", future))
         return self._wait(future, timeout_s, "loading the latest weights")
 
-    def evaluate(self, temperatures: tuple[float, ...] = (1.0, 0.0), timeout_s: float = 600.0) -> dict:
-        """The env's own measures on its task source's held-out set, averaged per temperature, all at
-        one policy version: {"policy_version": v, "episodes": n, "<temperature>": {measure: mean}}."""
+    def evaluate(self, temperatures: tuple[float, ...] = (1.0, 0.0), env: EnvConfig | None = None,
+                 timeout_s: float = 600.0) -> dict:
+        """The measures of `env` (default: the training env) on the task source's held-out set,
+        averaged per temperature, all at one policy version:
+        {"policy_version": v, "episodes": n, "<temperature>": {measure: mean}}."""
         tasks = self.tasks.eval_tasks()
         samplings = [self.cfg.sampling.model_copy(update={"temperature": t}) for t in temperatures]
-        job = _EpisodesJob([(task, sampling) for sampling in samplings for task in tasks])
+        job = _EpisodesJob([(task, sampling) for sampling in samplings for task in tasks], env or self.env_cfg)
         episodes, version = self._episodes(job, timeout_s, "evaluating")
         results = {"policy_version": version, "episodes": len(tasks)}
         for k, temperature in enumerate(temperatures):
@@ -121,7 +124,7 @@ class RolloutWorker:
 
     def probe(self, num_tasks: int, timeout_s: float = 120.0) -> list[dict]:
         """Fresh samples of training tasks at the current weights, for checking engine/learner parity."""
-        job = _EpisodesJob([(self.tasks.sample(self.rng), self.cfg.sampling) for _ in range(num_tasks)])
+        job = _EpisodesJob([(self.tasks.sample(self.rng), self.cfg.sampling) for _ in range(num_tasks)], self.env_cfg)
         episodes, version = self._episodes(job, timeout_s, "probing")
         contexts = [e.roles[""] for e in episodes]
         return [{"token_ids": c.context(), "prompt_len": len(c.prompt_ids), "logprobs": c.logprobs,
@@ -237,10 +240,10 @@ class RolloutWorker:
                     self._episode_jobs.remove(job)
                     job.future.set_result(self.weights.version)
 
-            self.loop.start(f"{self.name}:e{self._sequence}:{index}", task, self._envs(1), sampling, done)
+            self.loop.start(f"{self.name}:e{self._sequence}:{index}", task, self._envs(1, job.env), sampling, done)
 
-    def _envs(self, count: int) -> list[SafeEnv]:
-        return [SafeEnv(self.env_cfg.build_env(), self.errors) for _ in range(count)]
+    def _envs(self, count: int, env: EnvConfig | None = None) -> list[SafeEnv]:
+        return [SafeEnv((env or self.env_cfg).build_env(), self.errors) for _ in range(count)]
 
     def _group_finished(self, run: GroupRun) -> None:
         self._finished.append(run)  # (not a bound list.append: the list is swapped on every insert)

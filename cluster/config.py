@@ -6,7 +6,7 @@ A bad key, type or path fails here, before any service starts, with the dotted k
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -37,11 +37,35 @@ class ModelConfig(BaseModel):
         return path
 
 
+class EvalEnvConfig(BaseModel):
+    """One evaluation: an env (the training env's name and params by default) on the task source's
+    held-out set, its measures reported as `eval_<measure><suffix>` (and `..._greedy`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    params: dict[str, Any] = {}
+    suffix: str = ""
+
+
 class EvalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     every: int = Field(20, ge=0)
     """Evaluate every this many learner steps (and before the first and after the last); 0 disables."""
+    envs: list[EvalEnvConfig] = []
+    """What to evaluate; empty: the training env. Games evaluate against fixed opponents, e.g.
+    [{name: tictactoe, params: {opponent: random}}, {name: tictactoe, params: {opponent: heuristic},
+    suffix: _heuristic}]."""
+    kuhn_exploitability: bool = False
+    """Also report the exact exploitability of the policy's Kuhn poker strategy (eval_exploitability)."""
+
+    @model_validator(mode="after")
+    def _distinct_suffixes(self) -> "EvalConfig":
+        suffixes = [e.suffix for e in self.envs]
+        if len(set(suffixes)) != len(suffixes):
+            raise ValueError(f"eval.envs need distinct suffixes, got {suffixes}")
+        return self
 
 
 class FaultConfig(BaseModel):
@@ -90,6 +114,18 @@ class RunConfig(BaseModel):
     checkpoint: CheckpointConfig = CheckpointConfig()
     faults: FaultConfig = FaultConfig()
     ray: RayConfig = RayConfig()
+
+    def eval_envs(self) -> list[tuple[EnvConfig, str]]:
+        """(env, suffix) of every evaluation: the training env's task source, each eval env's env."""
+        if not self.eval.envs:
+            return [(self.env, "")]
+        return [(self.env.model_copy(update={"name": e.name, "params": e.params}), e.suffix) for e in self.eval.envs]
+
+    @model_validator(mode="after")
+    def _eval_envs_build(self) -> "RunConfig":
+        for env, _ in self.eval_envs():
+            EnvConfig.model_validate(env.model_dump())  # a bad eval env fails when the config loads
+        return self
 
     @model_validator(mode="after")
     def _rounds_fit_the_staleness_window(self) -> "RunConfig":

@@ -34,6 +34,7 @@ from cluster.config import RunConfig
 from cluster.control import RunStatus, start_controller
 from cluster.demo_model import build_demo_model
 from cluster.errors import RunFailed
+from cluster.game_eval import kuhn_exploitability
 from cluster.learner_group import LearnerFailure, LearnerGroup, LearnerStalled
 from cluster.metrics import MetricsWriter, plot_rewards
 from cluster.processes import LiveRun, reap_orphans
@@ -72,6 +73,7 @@ class Run:
     writer: MetricsWriter
     progress: Progress
     live: LiveRun
+    tokenizer: object  # the model's, for evaluations that build token contexts themselves
     started: float
 
     def note(self, message: str) -> None:
@@ -165,17 +167,24 @@ def start_run(cfg: RunConfig, run_dir: Path, stack: ExitStack, progress: Progres
     writer = MetricsWriter(run_dir)
     stack.callback(writer.close)
     return Run(cfg, run_dir, replay_cfg, shards, channel, admission, controller, replay, learners, workers, writer,
-               progress, live, started or time.time())
+               progress, live, transformers.AutoTokenizer.from_pretrained(model_path), started or time.time())
 
 
 # -- the loop's parts ---------------------------------------------------------------------------
 def evaluate(run: Run) -> dict:
-    """The env's own measures on its held-out set at the latest weights: sampled (T=1, pass@1) as
-    `eval_<measure>` and greedy as `eval_<measure>_greedy`. Any ready worker does it."""
-    results = run.workers.on_any(lambda h: h.evaluate.remote((1.0, 0.0)), EVAL_TIMEOUT_S, "evaluation")
-    record = {"eval_policy_version": results["policy_version"]}
-    for temperature, suffix in (("1.0", ""), ("0.0", "_greedy")):
-        record |= {f"eval_{name}{suffix}": value for name, value in results[temperature].items()}
+    """Each evaluation env's own measures on the held-out set at the latest weights: sampled (T=1,
+    pass@1) as `eval_<measure><suffix>` and greedy as `eval_<measure><suffix>_greedy`. Any ready
+    worker does it."""
+    record = {}
+    for env, suffix in run.cfg.eval_envs():
+        results = run.workers.on_any(lambda h, env=env: h.evaluate.remote((1.0, 0.0), env), EVAL_TIMEOUT_S,
+                                     "evaluation")
+        record["eval_policy_version"] = results["policy_version"]
+        for temperature, greedy in (("1.0", ""), ("0.0", "_greedy")):
+            record |= {f"eval_{name}{suffix}{greedy}": value for name, value in results[temperature].items()}
+    if run.cfg.eval.kuhn_exploitability:
+        record |= kuhn_exploitability(run.tokenizer, lambda contexts, candidates: run.learners.call_rank0(
+            "next_token_probabilities", contexts, candidates))
     return record
 
 

@@ -9,6 +9,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 from rich.progress import Progress as RichProgress
 
 
+HEADLINE = ("accuracy", "tool_call_rate", "win_rate", "win_rate_heuristic", "illegal_move_rate", "exploitability")
+"""The measures the terminal shows for an evaluation, when present (metrics.jsonl has them all)."""
+
+
 class Progress:
     def __init__(self, total_steps: int) -> None:
         self.console = Console()
@@ -29,12 +33,16 @@ class Progress:
         self.console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {message}", soft_wrap=True, highlight=False)
 
     def evaluated(self, step: int, record: dict) -> None:
-        """One line per evaluation: each of the env's measures, sampled (T=1) / greedy."""
-        names = [k[len("eval_"):] for k in record if k.startswith("eval_") and f"{k}_greedy" in record]
-        shown = [name for name in names if name not in ("return", "failed")] or names
-        self._eval = "eval " + " ".join(f"{record[f'eval_{n}']:.2f}/{record[f'eval_{n}_greedy']:.2f}" for n in shown[:2])
-        self.note(f"step {step}: held-out (sampled / greedy) " + ", ".join(
-            f"{n} {record[f'eval_{n}']:.3f} / {record[f'eval_{n}_greedy']:.3f}" for n in shown))
+        """One line per evaluation: the headline measures, sampled (T=1) / greedy where both exist."""
+        names = [k[len("eval_"):] for k in record if k.startswith("eval_") and not k.endswith("_greedy")]
+        shown = [n for n in HEADLINE if n in names] or [n for n in names if n not in ("return", "failed", "policy_version")]
+
+        def value(name: str) -> str:
+            greedy = record.get(f"eval_{name}_greedy")
+            return f"{record[f'eval_{name}']:.3f}" + (f" / {greedy:.3f}" if greedy is not None else "")
+
+        self._eval = "eval " + " ".join(value(n).replace(" ", "") for n in shown[:2])
+        self.note(f"step {step}: held-out (sampled / greedy) " + ", ".join(f"{n} {value(n)}" for n in shown))
 
     def stepped(self, record: dict) -> None:
         text = (f"reward {record.get('reward_mean', float('nan')):.2f}  {self._eval}  "

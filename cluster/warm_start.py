@@ -22,7 +22,7 @@ from envs.tasks import ArithmeticTaskConfig, ArithmeticTasks
 from learner.sft import SFTExample
 
 ARITHMETIC = "0123456789+-= "
-BUILD_FORMAT = 2  # bump when the build recipe changes in a way the settings do not capture
+BUILD_FORMAT = 4  # bump when the build recipe changes in a way the settings do not capture
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,52 @@ class CalculatorWarmStart(_Recipe):
         return [SFTPhase("mixed", examples, self.steps, self.lr)]
 
 
-WarmStart = Annotated[Union[AdditionWarmStart, CalculatorWarmStart], Field(discriminator="recipe")]
+def _game(name: str):
+    from envs.games.kuhn import KUHN_POKER
+    from envs.games.tictactoe import TICTACTOE
+
+    return {"tictactoe": TICTACTOE, "kuhn_poker": KUHN_POKER}[name]
+
+
+def random_play_examples(game, games: int, rng: np.random.Generator) -> list[SFTExample]:
+    """Games of uniformly random legal moves, as the rollout worker lays out a self-play episode: each
+    seat's observations (the whole position, as `observe` renders it) and its moves, one example per
+    seat that moved."""
+    examples = []
+    for _ in range(games):
+        state = game.initial_state(int(rng.integers(2**31)))
+        turns: dict[int, list[tuple[str, str]]] = {0: [], 1: []}
+        while game.outcome(state) is None:
+            seat, moves = game.to_move(state), game.legal_moves(state)
+            move = moves[int(rng.integers(len(moves)))]
+            turns[seat].append((game.observe(state, seat), move))
+            state = game.apply(state, move)
+        for seat_turns in turns.values():
+            if seat_turns:
+                (prompt, move), *later = seat_turns
+                examples.append(SFTExample(prompt, move, tuple(later)))
+    return examples
+
+
+class GameWarmStart(_Recipe):
+    """The game's text and moves from games of random legal play: the warm model answers each
+    position with a move, legal more often than not, and plays no better than chance. RL against
+    opponents and itself has everything left to learn."""
+
+    recipe: Literal["tictactoe", "kuhn_poker"] = "tictactoe"
+    games: int = Field(4000, ge=1)
+    steps: int = Field(400, ge=1)
+    lr: float = Field(3e-3, gt=0.0)
+
+    @property
+    def characters(self) -> str:  # type: ignore[override]  # the game's own alphabet
+        return _game(self.recipe).alphabet
+
+    def phases(self, rng: np.random.Generator) -> list[SFTPhase]:
+        return [SFTPhase("random_play", random_play_examples(_game(self.recipe), self.games, rng), self.steps, self.lr)]
+
+
+WarmStart = Annotated[Union[AdditionWarmStart, CalculatorWarmStart, GameWarmStart], Field(discriminator="recipe")]
 
 
 class DemoModelSettings(BaseModel):
@@ -136,7 +181,8 @@ class DemoModelSettings(BaseModel):
     max_position_embeddings: int = Field(64, ge=16)
     """Prompts are <= 8 tokens and answers <= 5: 64 leaves room for multi-turn chains."""
     warm_start: WarmStart = AdditionWarmStart()
-    """The supervised warm start (and the vocabulary it needs), by recipe: addition | calculator."""
+    """The supervised warm start (and the vocabulary it needs), by recipe: addition | calculator |
+    tictactoe | kuhn_poker."""
     sft_batch_size: int = Field(128, ge=1)
     seed: int = 0
 

@@ -94,8 +94,10 @@ class RoleBaselines:
     """SPIRAL's role-conditioned advantage estimation: a baseline per (game, role), an exponential
     moving average of that role's returns, b <- alpha * b + (1 - alpha) * R after each episode, and
     A = R - b(game, role) with the baseline before the episode. In a zero-sum game a shared baseline
-    would leave the first mover's advantage in the gradient; one per role takes it out. Episodes
-    update the baselines once, on their group's first use."""
+    would leave the first mover's advantage in the gradient; one per role takes it out. A "game"
+    is the env and the group's task category (which names the opponent when a run mixes self-play
+    with fixed opponents: the returns against each are on their own scale). Episodes update the
+    baselines once, on their group's first use."""
 
     def __init__(self, alpha: float = 0.95) -> None:
         if not 0.0 <= alpha < 1.0:
@@ -106,7 +108,7 @@ class RoleBaselines:
     def __call__(self, group: Group, first_use: bool) -> np.ndarray:
         advantages = []
         for trajectory in group.trajectories:
-            key = f"{trajectory.env_name}/{trajectory.role}"
+            key = f"{trajectory.env_name}/{group.category}/{trajectory.role}"
             baseline = self.baselines.get(key, 0.0)
             advantages.append(trajectory.reward - baseline)
             if first_use:

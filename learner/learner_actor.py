@@ -201,6 +201,17 @@ class Learner:
                 out.append(logprobs[0].tolist())
             return out
 
+    def next_token_probabilities(self, contexts: list[list[int]], candidates: list[list[int]]) -> list[list[float]]:
+        """For each context, the current policy's probability of each candidate next token (exact,
+        from this rank's weights: the game evaluators score strategies with it)."""
+        with self._lock, torch.no_grad():
+            out = []
+            for ids, tokens in zip(contexts, candidates, strict=True):
+                input_ids = torch.tensor([ids], device=self.engine.device)
+                logits = self.engine.engine(input_ids=input_ids, use_cache=False).logits[0, -1].float()
+                out.append(torch.softmax(logits, -1)[tokens].tolist())
+            return out
+
     def save_checkpoint(self, directory: str, tag: str, driver_state: dict, keep: int) -> None:
         """DeepSpeed state plus the policy version and `driver_state`, as `directory/tag`; collective:
         call it on every rank. Rank 0 then deletes all but the newest `keep` checkpoints."""

@@ -21,7 +21,9 @@ moved, with parts {"outcome": payoff, "illegal_move": 1 or 0}, and in self-play
 an illegal move ended the game; in self-play, by either seat) and, for Kuhn poker, chips.
 
 The task's metadata["seed"] fixes the start (Kuhn poker's deal) and seeds the opponent's rng,
-so one task with the same policy moves replays the same game.
+so one task with the same policy moves replays the same game. With `opponent: task` the opponent
+of each game comes from the task's metadata["opponent"] ("self" for self-play, or an OPPONENTS
+name): the `games` task source mixes them for training, by category.
 """
 
 from __future__ import annotations
@@ -46,12 +48,18 @@ def _task_int(task: Task, key: str, valid: range) -> int:
     return int(value)
 
 
-class GameEnv(Env):
-    """One game of `game`; `opponent` plays the seat the policy does not, None for self-play."""
+TASK_OPPONENT = "task"
+SELF_PLAY = "self"
 
-    def __init__(self, game: Game, opponent: Player | None) -> None:
+
+class GameEnv(Env):
+    """One game of `game`; `opponent` plays the seat the policy does not, None for self-play, or
+    TASK_OPPONENT to take it from each task."""
+
+    def __init__(self, game: Game, opponent: Player | str | None) -> None:
         self.game = game
-        self.opponent = opponent
+        self.opponent_from_task = opponent == TASK_OPPONENT
+        self.opponent = None if self.opponent_from_task else opponent
         self._state: Any = None
         self._rng = np.random.default_rng(0)
         self._policy_seats: tuple[int, ...] = (0, 1)
@@ -62,12 +70,20 @@ class GameEnv(Env):
             raise EnvError(f"task {task.task_id!r} is a {task.metadata['game']!r} game, "
                            f"this env plays {self.game.name!r}")
         seed = _task_int(task, "seed", range(2**63))
+        if self.opponent_from_task:
+            self.opponent = self._task_opponent(task)
         self._policy_seats = (0, 1) if self.opponent is None else (_task_int(task, "seat", range(2)),)
         self._state = self.game.initial_state(seed)
         self._rng = np.random.default_rng(seed)
         self._play_opponent()
         self._open = True
         return self._observation()
+
+    def _task_opponent(self, task: Task) -> Player | None:
+        name = task.metadata.get("opponent")
+        if not isinstance(name, str):
+            raise EnvError(f"game task {task.task_id!r} has no metadata 'opponent' (this env plays the task's)")
+        return None if name == SELF_PLAY else make_opponent(name, self.game)
 
     def step(self, action: Action | str) -> StepResult:
         if not self._open:
@@ -104,18 +120,18 @@ class GameEnv(Env):
 
 @register_env("tictactoe")
 class TicTacToeEnv(GameEnv):
-    """TicTacToe against the OPPONENTS entry `opponent` ("random", "heuristic")."""
+    """TicTacToe against the OPPONENTS entry `opponent` ("random", "heuristic"), or the task's ("task")."""
 
     def __init__(self, opponent: str = "heuristic") -> None:
-        super().__init__(TICTACTOE, make_opponent(opponent, TICTACTOE))
+        super().__init__(TICTACTOE, opponent if opponent == TASK_OPPONENT else make_opponent(opponent, TICTACTOE))
 
 
 @register_env("kuhn_poker")
 class KuhnPokerEnv(GameEnv):
-    """Kuhn poker against the OPPONENTS entry `opponent` ("random", "heuristic")."""
+    """Kuhn poker against the OPPONENTS entry `opponent` ("random", "heuristic"), or the task's ("task")."""
 
     def __init__(self, opponent: str = "heuristic") -> None:
-        super().__init__(KUHN_POKER, make_opponent(opponent, KUHN_POKER))
+        super().__init__(KUHN_POKER, opponent if opponent == TASK_OPPONENT else make_opponent(opponent, KUHN_POKER))
 
 
 @register_env("tictactoe_selfplay")

@@ -62,10 +62,10 @@ def forfeit(game: Game, mover: int) -> tuple[float, float]:
 
 
 def outcome_metrics(game: Game, payoff: float, illegal: bool) -> dict[str, float]:
-    """One player's evaluation measures of a finished game, each 1/0 (the payoff itself where
-    the game names a payoff metric)."""
-    metrics = {"win": float(payoff > 0), "draw": float(payoff == 0), "loss": float(payoff < 0),
-               "illegal_move": float(illegal)}
+    """One player's evaluation measures of a finished game, each 1/0, so that their means over
+    games are rates (plus the payoff itself where the game names a payoff metric)."""
+    metrics = {"win_rate": float(payoff > 0), "draw_rate": float(payoff == 0), "loss_rate": float(payoff < 0),
+               "illegal_move_rate": float(illegal)}
     if game.payoff_metric is not None:
         metrics[game.payoff_metric] = payoff
     return metrics

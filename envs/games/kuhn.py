@@ -19,9 +19,11 @@ order `legal_moves` returns them in, so the aggressive one, bet or call, is alwa
 Terminal histories and player 1's payoff, s = +1 when player 1's card is higher, else -1:
 "cc" showdown of the antes: s; "bc" and "cbc" bet called: 2s; "bf": +1; "cbf": -1.
 
-An observation is `{card}:{history}`, the card the player to move holds and the history so far:
-`K:cb` is "you hold K; you checked, the opponent bet; f or c". These 12 texts (6 per player)
-are exactly the information sets. An illegal or unparsable move loses 2 chips, the most a
+An observation is `{card}:{history}?`, the card the player to move holds, the history so far, and
+"?" (your move): `K:cb?` is "you hold K; you checked, the opponent bet; f or c". These 12 texts
+(6 per player) are exactly the information sets. The "?" keeps them apart from a context that
+merely continues with a move: without it, player 2's first observation `K:c` would be the same
+tokens as player 1's context after it checked, and a model could not tell whose turn it is. An illegal or unparsable move loses 2 chips, the most a
 hand can lose, so that no illegal move is ever better for the mover than a legal line.
 The task's seed fixes the deal: `DEALS[seed % 6]`, so consecutive seeds cycle through all six.
 """
@@ -36,11 +38,16 @@ from envs.errors import EnvError
 CARDS = "JQK"
 """In rank order, lowest first."""
 CHECK_CALL, BET, FOLD = "c", "b", "f"
+YOUR_MOVE = "?"
 DEALS = tuple(a + b for a in CARDS for b in CARDS if a != b)
 """Player 1's card then player 2's: JQ, JK, QJ, QK, KJ, KQ."""
 DECISION_HISTORIES = ("", "c", "b", "cb")
 TERMINAL_HISTORIES = ("cc", "bc", "bf", "cbc", "cbf")
-INFOSETS = tuple(tuple(f"{card}:{h}" for card in CARDS for h in DECISION_HISTORIES if len(h) % 2 == seat)
+def infoset_text(card: str, history: str) -> str:
+    return f"{card}:{history}{YOUR_MOVE}"
+
+
+INFOSETS = tuple(tuple(infoset_text(card, h) for card in CARDS for h in DECISION_HISTORIES if len(h) % 2 == seat)
                  for seat in (0, 1))
 """Each player's 6 information-set texts, as `observe` renders them: INFOSETS[0] is player 1's."""
 
@@ -66,7 +73,7 @@ class KuhnPoker:
     roles = ("p1", "p2")
     illegal_move_payoff = -2.0
     payoff_metric = "chips"
-    alphabet = f"{CARDS}:{CHECK_CALL}{BET}{FOLD}"
+    alphabet = f"{CARDS}:{CHECK_CALL}{BET}{FOLD}{YOUR_MOVE}"
 
     def initial_state(self, seed: int) -> KuhnState:
         return KuhnState(DEALS[seed % len(DEALS)])
@@ -97,7 +104,7 @@ class KuhnPoker:
         return p1, -p1
 
     def observe(self, state: KuhnState, seat: int) -> str:
-        return f"{state.cards[seat]}:{state.history}"
+        return infoset_text(state.cards[seat], state.history)
 
 
 KUHN_POKER = KuhnPoker()

@@ -30,8 +30,8 @@ OPPONENTS: Registry[Callable[[Game], Player]] = Registry("opponent")
 
 KUHN_BLUFF = 0.25
 KUHN_HEURISTIC: tuple[Strategy, Strategy] = (
-    {"J:": KUHN_BLUFF, "J:cb": 0.0, "Q:": 0.0, "Q:cb": 1.0, "K:": 1.0, "K:cb": 1.0},
-    {"J:c": KUHN_BLUFF, "J:b": 0.0, "Q:c": 0.0, "Q:b": 1.0, "K:c": 1.0, "K:b": 1.0},
+    {"J:?": KUHN_BLUFF, "J:cb?": 0.0, "Q:?": 0.0, "Q:cb?": 1.0, "K:?": 1.0, "K:cb?": 1.0},
+    {"J:c?": KUHN_BLUFF, "J:b?": 0.0, "Q:c?": 0.0, "Q:b?": 1.0, "K:c?": 1.0, "K:b?": 1.0},
 )
 """Player 1's and player 2's information sets -> probability of betting / calling."""
 

@@ -1,10 +1,13 @@
-"""The game task source: a game is a seat and a seed, so a task is just those two numbers.
+"""The game task source: a game is a seat and a seed, so a task is just those two numbers (and,
+in a mix of opponents, who the opponent is).
 
 Task ids are `{game}/seat{seat}/seed{seed}`, categories `seat0` and `seat1` (the seat the
 policy plays against an opponent, where the first mover's advantage makes them two levels of
-difficulty; self-play envs ignore the seat). The held-out games use seeds 0.. and training
-seeds come from a range far above them, so a training task is never an eval task. Tasks carry
-no prompt: the env renders the position from metadata {"game", "seat", "seed"}.
+difficulty; self-play envs ignore the seat). With `opponents` (a training mix, for an env with
+`opponent: task`) each training task also names its opponent, and the categories are
+`self` and `{opponent}/seat{seat}`: what the curriculum chooses among. The held-out games use
+seeds 0.. and training seeds come from a range far above them, so a training task is never an
+eval task. Tasks carry no prompt: the env renders the position from the metadata.
 """
 
 from __future__ import annotations
@@ -32,17 +35,29 @@ class GameTaskConfig(BaseModel):
     eval_games: int = Field(120, ge=2, le=MAX_EVAL_GAMES)
     """Held-out games, half in each seat, seeds 0..eval_games/2 - 1. 120 gives each of Kuhn
     poker's 6 deals (seed % 6) 10 times per seat, so the eval averages over deals exactly."""
+    opponents: list[str] = []
+    """The training mix: "self" (self-play) and OPPONENTS names, one category each (per seat for a
+    fixed opponent). Empty: tasks name no opponent (the env has its own)."""
 
     @model_validator(mode="after")
     def _even_split(self) -> GameTaskConfig:
         if self.eval_games % len(SEATS):
             raise ValueError(f"eval_games must be even (each seat equally often), got {self.eval_games}")
+        from envs.games.opponents import OPPONENTS
+
+        for name in self.opponents:
+            if name != "self":
+                OPPONENTS.check(name)
         return self
 
 
-def game_task(game: str, seat: int, seed: int) -> Task:
-    return Task(task_id=f"{game}/seat{seat}/seed{seed}", category=f"seat{seat}", prompt="", answer="",
-                metadata={"game": game, "seat": seat, "seed": seed})
+def game_task(game: str, seat: int, seed: int, opponent: str | None = None) -> Task:
+    if opponent is None:
+        return Task(task_id=f"{game}/seat{seat}/seed{seed}", category=f"seat{seat}", prompt="", answer="",
+                    metadata={"game": game, "seat": seat, "seed": seed})
+    category = opponent if opponent == "self" else f"{opponent}/seat{seat}"
+    return Task(task_id=f"{game}/{category}/seed{seed}", category=category, prompt="", answer="",
+                metadata={"game": game, "seat": seat, "seed": seed, "opponent": opponent})
 
 
 @register_task_source("games")
@@ -51,17 +66,22 @@ class GameTasks:
 
     def __init__(self, config: GameTaskConfig | None = None, **kwargs: Any) -> None:
         self.config = config or GameTaskConfig(**kwargs)
-        self.categories = [f"seat{seat}" for seat in SEATS]
+        # category -> (opponent, seat): the seat of a self-play game does not matter
+        self._kinds = {f"seat{seat}": (None, seat) for seat in SEATS} if not self.config.opponents else {
+            task.category: (name, seat) for name in self.config.opponents for seat in SEATS
+            for task in [game_task(self.config.game, seat, 0, name)]}
+        self.categories = list(self._kinds)
 
     def sample(self, rng: np.random.Generator, category: str | None = None) -> Task:
         if category is None:
-            seat = int(rng.integers(len(SEATS)))
-        elif category in self.categories:
-            seat = self.categories.index(category)
-        else:
+            category = self.categories[int(rng.integers(len(self.categories)))]
+        elif category not in self._kinds:
             raise EnvError(f"unknown category {category!r}; valid: {', '.join(self.categories)}")
+        opponent, seat = self._kinds[category]
+        if opponent == "self":
+            seat = int(rng.integers(len(SEATS)))
         seed = int(rng.integers(TRAIN_SEEDS.start, TRAIN_SEEDS.stop))
-        return game_task(self.config.game, seat, seed)
+        return game_task(self.config.game, seat, seed, opponent)
 
     def eval_tasks(self) -> list[Task]:
         per_seat = self.config.eval_games // len(SEATS)

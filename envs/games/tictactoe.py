@@ -8,9 +8,11 @@ corner. A move is the number of an empty cell, one digit, in the same order:
     4 5 6
     7 8 9
 
-An observation is `{mark}:{board}`, the mark the player to move plays, then the board:
-`o:x........` is o to move after x took cell 1. Every observation shows the whole board, so the
-opponent's last move is in it. Payoffs: win +1, draw 0, loss -1; an illegal or unparsable
+An observation is `{mark}:{board}`, the mark the player to move plays, then the board with each
+empty cell shown as its number: `o:x23456789` is o to move after x took cell 1. So the legal
+moves are exactly the digits in the observation (a small model learns to copy one far sooner
+than to find the empty cells of a dotted board). Every observation shows the whole board, so
+the opponent's last move is in it. Payoffs: win +1, draw 0, loss -1; an illegal or unparsable
 move loses (-1). The starting board is always empty: the task's seed only seeds the opponent.
 """
 
@@ -69,7 +71,7 @@ class TicTacToe:
         return (0.0, 0.0) if EMPTY not in board else None
 
     def observe(self, board: str, seat: int) -> str:
-        return f"{MARKS[seat]}:{board}"
+        return f"{MARKS[seat]}:" + "".join(cell if square == EMPTY else square for cell, square in zip(CELLS, board))
 
 
 TICTACTOE = TicTacToe()

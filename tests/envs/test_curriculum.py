@@ -75,37 +75,43 @@ def test_dump_scores_by_hand():
 class SimulatedLearner:
     """Two task categories: on `learnable` the success rate p rises with each group trained on it
     (p = min(0.9, 0.1 + 0.02 n)), on `unsolvable` every episode fails. A group of 8 episodes has
-    mean |A| = mean |R - mean R| (0 for the zero-signal groups of `unsolvable`)."""
+    mean |A| = mean |R - mean R|; a group whose rewards are all equal has no signal, is not stored
+    and so never reaches the learner: the workers report it to the admission controller instead."""
 
     def __init__(self, seed: int) -> None:
         self.rng = np.random.default_rng(seed)
         self.trained = {"learnable": 0, "unsolvable": 0}
 
-    def batch_signal(self, categories: list[str]) -> dict[str, float]:
-        signals = {}
-        for category in set(categories):
-            values = []
-            for _ in range(categories.count(category)):
-                p = min(0.9, 0.1 + 0.02 * self.trained["learnable"]) if category == "learnable" else 0.0
-                rewards = (self.rng.random(8) < p).astype(float)
-                values.append(float(np.mean(np.abs(rewards - rewards.mean()))))
-                self.trained[category] += 1
-            signals[category] = float(np.mean(values))
-        return signals
+    def play(self, category: str) -> float:
+        """One group's mean |A|."""
+        p = min(0.9, 0.1 + 0.02 * self.trained["learnable"]) if category == "learnable" else 0.0
+        rewards = (self.rng.random(8) < p).astype(float)
+        self.trained[category] += 1
+        return float(np.mean(np.abs(rewards - rewards.mean())))
 
 
 @pytest.mark.parametrize("config", [CurriculumConfig(kind="sec", alpha=0.5, tau=0.1),
                                     CurriculumConfig(kind="dump", ucb_c=0.1, tau=0.1)], ids=["sec", "dump"])
 def test_the_curriculum_moves_to_the_category_that_can_be_learned(config):
-    """16 groups per step for 30 steps; the numbers this test saw are in the assertion messages."""
-    curriculum = make_curriculum(config, ["learnable", "unsolvable"])
-    learner, rng = SimulatedLearner(0), np.random.default_rng(1)
-    start = curriculum.probabilities()
+    """The run's own path: the admission controller grants 16 groups a step with a category each,
+    the workers report zero-signal groups, the learner the mean |A| of the others, for 30 steps.
+    The numbers this test saw are in its assertion messages."""
+    from cluster.admission import AdmissionController
+
+    admission = AdmissionController(16, 0, config, ["learnable", "unsolvable"], seed=1)
+    learner = SimulatedLearner(0)
+    start = admission.probabilities()
     history = []
     for _ in range(30):
-        categories = [curriculum.sample_category(rng) for _ in range(16)]
-        curriculum.update(learner.batch_signal(categories))
-        history.append(round(curriculum.probabilities()["learnable"], 3))
+        categories = admission.admit("w0", 16, buffered=0)
+        signals = [(c, learner.play(c)) for c in categories]
+        zero = Counter(c for c, signal in signals if signal == 0.0)
+        admission.done("w0", len(signals), len(signals) - sum(zero.values()), dict(zero))
+        trained = mean_abs_advantage_by_category((c, [s]) for c, s in signals if s > 0)
+        counts = Counter(c for c, s in signals if s > 0)
+        probabilities = admission.update_curriculum({c: (trained[c], counts[c]) for c in trained})
+        history.append(round(probabilities["learnable"], 3))
+    print(f"{config.kind}: P(learnable) per step {history}; groups made {learner.trained}")
     assert start["learnable"] == 0.5, start
     # (the learnable category's signal shrinks as its success rate saturates near 0.9, so its
     # preference settles below 1; the unsolvable one never gives a signal)

@@ -14,8 +14,8 @@ def task(game: str, seat: int, seed: int = 3) -> Task:
 def legal_moves(observation: Observation) -> tuple[str, ...]:
     """The legal moves, read off the observation text (Kuhn's depend on the history only)."""
     position = observation.text[2:]
-    if observation.role in TICTACTOE.roles:
-        return TICTACTOE.legal_moves(position)
+    if observation.role in TICTACTOE.roles:  # an empty cell shows its own number
+        return tuple(c for c in position if c.isdigit())
     return KUHN_POKER.legal_moves(KuhnState("JQ", position))
 
 
@@ -41,12 +41,12 @@ def play(env, first, moves):
 def test_policy_moving_first_sees_the_empty_board_then_the_reply():
     env = make_env("tictactoe", opponent="random")
     first = env.reset(task("tictactoe", seat=0))
-    assert (first.text, first.role) == ("x:.........", "x")
+    assert (first.text, first.role) == ("x:123456789", "x")
     result = env.step(Action(text="5", token_ids=(9, 2)))
     assert not result.done and result.reward == 0.0 and result.observation.role == "x"
     board = result.observation.text[2:]
     assert result.observation.text[:2] == "x:" and board[4] == "x"
-    assert board.count("o") == 1 and board.count(".") == 7  # the opponent's reply is in the board
+    assert board.count("o") == 1 and sum(c.isdigit() for c in board) == 7  # the opponent's reply is in the board
     assert result.info == {"finish_reason": "stop", "num_tokens": 2, "move": "5"}
 
 
@@ -54,30 +54,30 @@ def test_opponent_moving_first_is_already_in_the_first_observation():
     env = make_env("tictactoe", opponent="heuristic")
     first = env.reset(task("tictactoe", seat=1))
     assert first.role == "o" and first.text.startswith("o:")
-    assert first.text[2:].count("x") == 1 and first.text[2:].count(".") == 8
+    assert first.text[2:].count("x") == 1 and sum(c.isdigit() for c in first.text[2:]) == 8
     kuhn = make_env("kuhn_poker", opponent="heuristic")
     first = kuhn.reset(task("kuhn_poker", seat=1, seed=0))  # deal JQ: the policy holds Q
-    assert first.role == "p2" and first.text in ("Q:c", "Q:b")
+    assert first.role == "p2" and first.text in ("Q:c?", "Q:b?")
 
 
 def test_policy_win_against_a_scripted_opponent():
     env = GameEnv(TICTACTOE, highest_cell)
     first = env.reset(task("tictactoe", seat=0))
     seen, result = play(env, first, ["1", "2", "3"])  # o answers 9 and 8; x completes the top row
-    assert seen == {"x": ["x:.........", "x:x.......o", "x:xx.....oo"]}
+    assert seen == {"x": ["x:123456789", "x:x2345678o", "x:xx34567oo"]}
     assert (result.done, result.observation, result.reward) == (True, None, 1.0)
     assert result.reward_parts == {"outcome": 1.0, "illegal_move": 0.0}
     assert result.role_rewards == {}  # the opponent is not a role of the episode
-    assert result.metrics == {"win": 1.0, "draw": 0.0, "loss": 0.0, "illegal_move": 0.0}
+    assert result.metrics == {"win_rate": 1.0, "draw_rate": 0.0, "loss_rate": 0.0, "illegal_move_rate": 0.0}
 
 
 def test_policy_loss_when_the_opponent_completes_a_line_after_its_move():
     env = GameEnv(TICTACTOE, lambda board, rng: TICTACTOE.legal_moves(board)[0])  # x takes the lowest free cell
     first = env.reset(task("tictactoe", seat=1))
-    assert (first.text, first.role) == ("o:x........", "o")
+    assert (first.text, first.role) == ("o:x23456789", "o")
     _, result = play(env, first, ["9", "8"])  # x: 1, 2, then 3 wins the top row after o's 8
     assert result.done and result.reward == -1.0
-    assert result.metrics == {"win": 0.0, "draw": 0.0, "loss": 1.0, "illegal_move": 0.0}
+    assert result.metrics == {"win_rate": 0.0, "draw_rate": 0.0, "loss_rate": 1.0, "illegal_move_rate": 0.0}
 
 
 @pytest.mark.parametrize("text", ["5", "0", "a", "", "   ", "x5"])
@@ -87,7 +87,7 @@ def test_illegal_or_unparsable_tictactoe_move_loses(text):
     result = env.step(text)
     assert result.done and result.reward == -1.0
     assert result.reward_parts == {"outcome": -1.0, "illegal_move": 1.0}
-    assert result.metrics == {"win": 0.0, "draw": 0.0, "loss": 1.0, "illegal_move": 1.0}
+    assert result.metrics == {"win_rate": 0.0, "draw_rate": 0.0, "loss_rate": 1.0, "illegal_move_rate": 1.0}
     with pytest.raises(EpisodeStateError):
         env.step("1")
 
@@ -95,20 +95,20 @@ def test_illegal_or_unparsable_tictactoe_move_loses(text):
 def test_illegal_kuhn_move_loses_two_chips():
     env = make_env("kuhn_poker", opponent="random")
     first = env.reset(task("kuhn_poker", seat=0, seed=4))
-    assert first.text == "K:"
+    assert first.text == "K:?"
     result = env.step("f")  # nothing to fold against at the opening
     assert result.done and result.reward == -2.0
     assert result.reward_parts == {"outcome": -2.0, "illegal_move": 1.0}
-    assert result.metrics == {"win": 0.0, "draw": 0.0, "loss": 1.0, "illegal_move": 1.0, "chips": -2.0}
+    assert result.metrics == {"win_rate": 0.0, "draw_rate": 0.0, "loss_rate": 1.0, "illegal_move_rate": 1.0, "chips": -2.0}
 
 
 def test_kuhn_chips_against_the_heuristic():
     # Deal KQ (seed 5), policy p1 bets K; the heuristic calls with Q: a called bet, +2.
     env = make_env("kuhn_poker")
-    assert env.reset(task("kuhn_poker", seat=0, seed=5)).text == "K:"
+    assert env.reset(task("kuhn_poker", seat=0, seed=5)).text == "K:?"
     result = env.step(" b")
     assert result.done and result.reward == 2.0
-    assert result.metrics == {"win": 1.0, "draw": 0.0, "loss": 0.0, "illegal_move": 0.0, "chips": 2.0}
+    assert result.metrics == {"win_rate": 1.0, "draw_rate": 0.0, "loss_rate": 0.0, "illegal_move_rate": 0.0, "chips": 2.0}
 
 
 @pytest.mark.parametrize(("name", "game"), [("tictactoe", "tictactoe"), ("kuhn_poker", "kuhn_poker")])
@@ -150,13 +150,13 @@ def test_task_metadata_is_checked():
 def test_selfplay_alternates_roles_and_rewards_both_zero_sum():
     env = make_env("tictactoe_selfplay")
     first = env.reset(task("tictactoe", seat=1))  # the seat does not matter in self-play
-    assert (first.text, first.role) == ("x:.........", "x")
+    assert (first.text, first.role) == ("x:123456789", "x")
     seen, result = play(env, first, ["1", "4", "2", "5", "3"])
-    assert seen == {"x": ["x:.........", "x:x..o.....", "x:xx.oo...."],
-                    "o": ["o:x........", "o:xx.o....."]}
+    assert seen == {"x": ["x:123456789", "x:x23o56789", "x:xx3oo6789"],
+                    "o": ["o:x23456789", "o:xx3o56789"]}
     assert result.reward == 1.0 and result.role_rewards == {"o": -1.0}  # x moved last and won
     assert result.reward_parts == {"outcome": 1.0, "illegal_move": 0.0}
-    assert result.metrics == {"win": 1.0, "draw": 0.0, "loss": 0.0, "illegal_move": 0.0}  # seat 0's view
+    assert result.metrics == {"win_rate": 1.0, "draw_rate": 0.0, "loss_rate": 0.0, "illegal_move_rate": 0.0}  # seat 0's view
 
 
 def test_selfplay_draw():
@@ -164,7 +164,7 @@ def test_selfplay_draw():
     _, result = play(env, env.reset(task("tictactoe", 0)), ["1", "2", "3", "5", "4", "6", "8", "7", "9"])
     # x o x / x o o / o x x after these moves: no line
     assert (result.reward, result.role_rewards) == (0.0, {"o": 0.0})
-    assert result.metrics["draw"] == 1.0
+    assert result.metrics["draw_rate"] == 1.0
 
 
 def test_selfplay_illegal_move_gives_the_other_role_the_win():
@@ -174,7 +174,7 @@ def test_selfplay_illegal_move_gives_the_other_role_the_win():
     result = env.step("5")  # o plays the occupied centre
     assert result.reward == -1.0 and result.role_rewards == {"x": 1.0}
     assert result.reward_parts["illegal_move"] == 1.0
-    assert result.metrics == {"win": 1.0, "draw": 0.0, "loss": 0.0, "illegal_move": 1.0}
+    assert result.metrics == {"win_rate": 1.0, "draw_rate": 0.0, "loss_rate": 0.0, "illegal_move_rate": 1.0}
 
 
 @pytest.mark.parametrize("history", ["cc", "bc", "bf", "cbc", "cbf"])
@@ -199,7 +199,7 @@ def test_kuhn_selfplay_roles_and_zero_sum_payoffs(history):
 def test_selfplay_contexts_show_the_other_players_moves():
     env = make_env("kuhn_poker_selfplay")
     seen, _ = play(env, env.reset(task("kuhn_poker", 0, seed=0)), ["c", "b", "c"])  # deal JQ
-    assert seen == {"p1": ["J:", "J:cb"], "p2": ["Q:c"]}
+    assert seen == {"p1": ["J:?", "J:cb?"], "p2": ["Q:c?"]}
 
 
 def test_every_env_runs_every_eval_game():
@@ -214,4 +214,4 @@ def test_every_env_runs_every_eval_game():
                     assert observation.role in env.game.roles
                     result = env.step(str(rng.choice(legal_moves(observation))))
                     observation = result.observation
-                assert result.done and set(result.metrics) >= {"win", "draw", "loss", "illegal_move"}
+                assert result.done and set(result.metrics) >= {"win_rate", "draw_rate", "loss_rate", "illegal_move_rate"}

@@ -20,13 +20,13 @@ def test_empty_board_x_to_move_with_every_cell_legal():
     assert TICTACTOE.to_move(board) == 0
     assert TICTACTOE.legal_moves(board) == tuple("123456789")
     assert TICTACTOE.outcome(board) is None
-    assert TICTACTOE.observe(board, 0) == "x:........."
+    assert TICTACTOE.observe(board, 0) == "x:123456789"
 
 
 def test_moves_alternate_and_fill_cells_row_by_row():
     board = TICTACTOE.apply(EMPTY, "1")
     assert board == "x........" and TICTACTOE.to_move(board) == 1
-    assert TICTACTOE.observe(board, 1) == "o:x........"
+    assert TICTACTOE.observe(board, 1) == "o:x23456789"
     board = TICTACTOE.apply(board, "6")
     assert board == "x....o..." and TICTACTOE.to_move(board) == 0
     assert "1" not in TICTACTOE.legal_moves(board) and "6" not in TICTACTOE.legal_moves(board)
@@ -130,11 +130,11 @@ def test_kuhn_rejects_illegal_moves_naming_them(history, move):
 
 def test_observation_is_own_card_and_history():
     state = KuhnState("KQ", "cb")
-    assert KUHN_POKER.observe(state, 0) == "K:cb"
-    assert KUHN_POKER.observe(KuhnState("KQ", "b"), 1) == "Q:b"
+    assert KUHN_POKER.observe(state, 0) == "K:cb?"
+    assert KUHN_POKER.observe(KuhnState("KQ", "b"), 1) == "Q:b?"
     assert set("K:cbf") <= set(KUHN_POKER.alphabet)
 
 
 def test_twelve_information_sets_six_per_player():
-    assert INFOSETS[0] == ("J:", "J:cb", "Q:", "Q:cb", "K:", "K:cb")
-    assert INFOSETS[1] == ("J:c", "J:b", "Q:c", "Q:b", "K:c", "K:b")
+    assert INFOSETS[0] == ("J:?", "J:cb?", "Q:?", "Q:cb?", "K:?", "K:cb?")
+    assert INFOSETS[1] == ("J:c?", "J:b?", "Q:c?", "Q:b?", "K:c?", "K:b?")

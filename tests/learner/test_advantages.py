@@ -84,13 +84,13 @@ def test_rae_uses_a_baseline_per_game_and_role_by_hand():
     group = _game_group([(1.0, "x"), (-1.0, "o"), (1.0, "x"), (-1.0, "o")])
     # x: A = 1 - 0 = 1, b = 0.5 * 0 + 0.5 * 1 = 0.5; then A = 1 - 0.5 = 0.5, b = 0.75 (o mirrors it)
     assert rae(group, first_use=True).tolist() == [1.0, -1.0, 0.5, -0.5]
-    assert rae.baselines == {"tictactoe_selfplay/x": 0.75, "tictactoe_selfplay/o": -0.75}
+    assert rae.baselines == {"tictactoe_selfplay/c/x": 0.75, "tictactoe_selfplay/c/o": -0.75}
     # A group trained on again does not move the baselines a second time
     assert rae(group, first_use=False).tolist() == [0.25, -0.25, 0.25, -0.25]
-    assert rae.baselines == {"tictactoe_selfplay/x": 0.75, "tictactoe_selfplay/o": -0.75}
+    assert rae.baselines == {"tictactoe_selfplay/c/x": 0.75, "tictactoe_selfplay/c/o": -0.75}
     # Each game has its own baselines; a constant group still has an advantage (it is not group-relative)
     other = rae(_game_group([(0.0, "x"), (0.0, "x")], env="kuhn_poker_selfplay"), first_use=True)
-    assert other.tolist() == [0.0, 0.0] and rae.baselines["kuhn_poker_selfplay/x"] == 0.0
+    assert other.tolist() == [0.0, 0.0] and rae.baselines["kuhn_poker_selfplay/c/x"] == 0.0
     restored = make_estimator("rae", {"alpha": 0.5})
     restored.load_state(rae.state())
     assert restored.baselines == rae.baselines
