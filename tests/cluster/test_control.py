@@ -222,3 +222,26 @@ def test_reconcile_workers_by_hand():
     assert (len(started), len(stopped)) == (2, 3)  # no-op: nothing started or stopped
     with pytest.raises(ValueError, match="-1"):
         reconcile_workers(["w0"], -1, start, stopped.append)
+
+
+def test_restart_budget_by_hand():
+    from cluster.scaling import RestartBudget
+
+    budget = RestartBudget(max_restarts=2, window_s=10.0)
+    assert budget.allow(0, now=0.0) and budget.allow(0, now=1.0)
+    assert not budget.allow(0, now=2.0)  # a third restart within 10 s: the slot keeps crashing
+    assert budget.allow(1, now=2.0)  # slots have budgets of their own
+    assert budget.allow(0, now=10.5)  # the first restart left the window
+    with pytest.raises(ValueError, match="window_s=0"):
+        RestartBudget(1, 0)
+
+
+def test_checkpoint_policy_by_steps_and_by_time():
+    from cluster.checkpoints import CheckpointConfig, CheckpointPolicy
+
+    policy = CheckpointPolicy(CheckpointConfig(every_steps=5, every_s=60.0), now=0.0)
+    assert not policy.due(4, now=10.0) and policy.due(5, now=10.0)
+    policy.saved(5, now=10.0)
+    assert not policy.due(6, now=69.0) and policy.due(6, now=70.0)  # a minute since the last one
+    off = CheckpointPolicy(CheckpointConfig(every_steps=0, every_s=0), now=0.0)
+    assert not off.due(10**6, now=10.0**6)

@@ -54,3 +54,23 @@ def test_config_is_validated(params):
 def test_config_is_frozen():
     with pytest.raises(ValidationError):
         GameTaskConfig().eval_games = 10
+
+
+def test_a_mix_of_opponents_is_a_category_each_and_the_env_plays_the_tasks_opponent():
+    from envs import make_env
+
+    source = make_task_source("games", game="tictactoe", opponents=["self", "random"])
+    assert source.categories == ["self", "random/seat0", "random/seat1"]
+    rng = np.random.default_rng(0)
+    self_play, versus = source.sample(rng, "self"), source.sample(rng, "random/seat1")
+    assert self_play.metadata["opponent"] == "self" and versus.metadata == versus.metadata | {"opponent": "random",
+                                                                                          "seat": 1}
+    env = make_env("tictactoe", opponent="task")
+    assert env.reset(self_play).role == "x"
+    result = env.step("5")
+    assert result.observation.role == "o"  # self-play: the other seat is the policy's too
+    first = env.reset(versus)
+    assert first.role == "o" and first.text.count("x") == 1  # the random opponent opened as x
+    assert all(t.metadata.get("opponent") is None for t in source.eval_tasks())
+    with pytest.raises(ValueError, match="opponent"):
+        make_task_source("games", game="tictactoe", opponents=["grandmaster"])
