@@ -144,6 +144,39 @@ def _describe(error: ValidationError) -> str:
     return "invalid run config:\n" + "\n".join(lines)
 
 
+def parse_overrides(assignments: list[str]) -> dict:
+    """`["rollout.num_workers=4", "learner.optim.lr=1e-6"]` -> nested overrides; each value is read
+    as YAML (numbers, booleans, lists, mappings), so it is typed as in a config file."""
+    overrides: dict = {}
+    for assignment in assignments:
+        key, sep, text = assignment.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"--set {assignment!r}: expected KEY.PATH=VALUE")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {assignment!r}: the value is not valid YAML: {e}") from e
+        value = _number(value)
+        *parents, leaf = key.split(".")
+        node = overrides
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {assignment!r}: {part!r} is also set to a value")
+        node[leaf] = value
+    return overrides
+
+
+def _number(value):
+    """YAML 1.1 reads `1e-6` (no dot) as a string: on a command line it is meant as a number."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def load_config(path: Path | None, overrides: dict | None = None) -> RunConfig:
     """Read YAML (or use the defaults when path is None) and validate it."""
     data: dict = {}

@@ -127,7 +127,8 @@ def start_run(cfg: RunConfig, run_dir: Path, stack: ExitStack, progress: Progres
                        logging_level=logging.ERROR, log_to_driver=False)
     stack.callback(ray.shutdown)
     session = ray._private.worker._global_node.get_session_dir_path()
-    live.set_ray_session(session)
+    if cfg.ray.address is None:  # our own instance: reaped if we die; a cluster we joined is not ours
+        live.set_ray_session(session)
     progress.note(f"actor logs: {session}/logs")
     # After ray.init, which installs a SIGTERM handler that aborts the process: a run stopped with
     # SIGTERM (a job manager, `timeout`, `kill`) must unwind this stack like Ctrl-C does.

@@ -87,3 +87,21 @@ def test_metrics_rewind_keeps_every_step_once(tmp_path):
     assert [r["step"] for r in records] == [0, 1, 2, 3, 4]
     assert records[3] == {"step": 3, "loss": 3.0, "eval_accuracy": 0.5} and records[4]["loss"] == 40.0
     assert len(MetricsWriter(tmp_path).records) == 5
+
+
+def test_set_overrides_are_typed_and_validated_like_the_file(tmp_path, capsys):
+    from cluster.config import parse_overrides
+
+    overrides = parse_overrides(["rollout.num_workers=4", "learner.optim.lr=1e-6", "eval.every=0",
+                                 "replay.shard_urls=[redis://a:1, redis://b:2]"])
+    assert overrides == {"rollout": {"num_workers": 4}, "learner": {"optim": {"lr": 1e-6}}, "eval": {"every": 0},
+                         "replay": {"shard_urls": ["redis://a:1", "redis://b:2"]}}
+    cfg = load_config(_write(tmp_path, "rollout:\n  num_workers: 3\n  group_size: 4\n"), parse_overrides(
+        ["rollout.num_workers=5"]))
+    assert (cfg.rollout.num_workers, cfg.rollout.group_size) == (5, 4)  # the file's other keys stay
+    with pytest.raises(ConfigError, match="expected KEY.PATH=VALUE"):
+        parse_overrides(["rollout.num_workers"])
+    assert main(["train", "--set", "rollout.num_workerz=4"]) == 2  # a bad key fails before anything starts
+    assert "rollout.num_workerz" in capsys.readouterr().err
+    assert main(["train", "--set", "learner.optim.lr=fast"]) == 2
+    assert "learner.optim.lr" in capsys.readouterr().err
