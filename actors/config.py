@@ -56,5 +56,4 @@ class RolloutConfig(BaseModel):
     partial: bool = False
     """Partial rollouts: new weights are loaded between engine steps while sequences are in flight
     (their later tokens carry the new version). False: new requests wait until the engine drains."""
-    cpus_per_worker: float = Field(1.0, gt=0)
     engine: EngineConfig = EngineConfig()

@@ -16,6 +16,7 @@ from envs import CurriculumConfig
 from buffer import ReplayConfig
 from cluster.checkpoints import CheckpointConfig
 from cluster.errors import ConfigError
+from cluster.placement import PlacementConfig
 from cluster.warm_start import DemoModelSettings
 from learner.config import LearnerConfig, merge_nested
 from learner.loss_config import PolicyLossConfig
@@ -113,6 +114,8 @@ class RunConfig(BaseModel):
     eval: EvalConfig = EvalConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     faults: FaultConfig = FaultConfig()
+    placement: PlacementConfig = PlacementConfig()
+    """What each role asks Ray for (CPUs, GPUs, custom resources) and how the learner ranks spread."""
     ray: RayConfig = RayConfig()
 
     def eval_envs(self) -> list[tuple[EnvConfig, str]]:

@@ -36,6 +36,7 @@ class RunStatus:
     eval_step: int | None = None
     metrics: dict[str, float] = field(default_factory=dict)  # the latest learner step's record
     replay: dict[str, float] = field(default_factory=dict)  # ReplayStats.to_dict()
+    placement: list[dict] = field(default_factory=list)  # the live actors' placement.json entries
     started_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
 
@@ -45,7 +46,8 @@ class RunController:
         self._status = status
         self._replay = list(shard_urls), namespace
 
-    def report(self, record: dict, workers: int, replay: dict[str, float] | None = None) -> None:
+    def report(self, record: dict, workers: int, replay: dict[str, float] | None = None,
+               placement: list[dict] | None = None) -> None:
         """Take one learner step's metrics record (it holds `step`, and `eval_accuracy` on eval steps)."""
         metrics = {k: v for k, v in record.items() if isinstance(v, (int, float))}
         evaluated = "eval_accuracy" in metrics
@@ -54,7 +56,8 @@ class RunController:
             policy_version=int(metrics.get("policy_version", self._status.policy_version)),
             eval_accuracy=metrics["eval_accuracy"] if evaluated else self._status.eval_accuracy,
             eval_step=int(record["step"]) if evaluated else self._status.eval_step,
-            replay=dict(replay) if replay is not None else self._status.replay, updated_at=time.time())
+            replay=dict(replay) if replay is not None else self._status.replay,
+            placement=list(placement) if placement is not None else self._status.placement, updated_at=time.time())
 
     def status(self) -> RunStatus:
         return self._status

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import ray
 import transformers
+from ray.util.placement_group import remove_placement_group
 import yaml
 
 from actors.rollout_worker import RemoteRolloutWorker
@@ -37,11 +38,13 @@ from cluster.errors import RunFailed
 from cluster.game_eval import kuhn_exploitability
 from cluster.learner_group import LearnerFailure, LearnerGroup, LearnerStalled
 from cluster.metrics import MetricsWriter, plot_rewards
+from cluster.placement import PlacementRecord, check_capacity, in_group, ready_group
 from cluster.processes import LiveRun, reap_orphans
 from cluster.progress import Progress
 from cluster.rollout_meter import RolloutMeter
 from cluster.run_shards import RunShards
 from cluster.scaling import RestartBudget
+from cluster.submit import use_cluster_token
 from cluster.weight_channel import WeightChannel
 from cluster.worker_pool import WorkerPool
 from learner.learner_actor import RemoteLearner
@@ -74,6 +77,7 @@ class Run:
     progress: Progress
     live: LiveRun
     tokenizer: object  # the model's, for evaluations that build token contexts themselves
+    placement: PlacementRecord
     started: float
 
     def note(self, message: str) -> None:
@@ -120,6 +124,8 @@ def start_run(cfg: RunConfig, run_dir: Path, stack: ExitStack, progress: Progres
     progress.note(f"replay: {len(shards.urls)} Redis shards {shards.urls}")
     model_path = resolve_model(cfg, progress)
 
+    if cfg.ray.address is not None:
+        use_cluster_token()
     # The actors' own output (vLLM, DeepSpeed and their warnings) goes to the session's log files, not
     # to this terminal: it shows the run's progress; failures still arrive here as exceptions.
     context = ray.init(address=cfg.ray.address, num_cpus=cfg.ray.num_cpus if cfg.ray.address is None else None,
@@ -144,31 +150,62 @@ def start_run(cfg: RunConfig, run_dir: Path, stack: ExitStack, progress: Progres
     admission = RemoteAdmissionController.remote(cfg.learner.groups_per_step, cfg.rollout.max_staleness,
                                                  cfg.curriculum, cfg.env.build_task_source().categories, cfg.seed)
 
+    placement = cfg.placement
+    check_capacity(placement, cfg.rollout.num_workers, cfg.learner.num_ranks)
+    record = PlacementRecord(run_dir / "placement.json")
+    learner_group = ready_group([placement.learner.request()] * cfg.learner.num_ranks, placement.learner_strategy,
+                                placement.timeout_s, f"{cfg.learner.num_ranks} learner rank(s)")
+    stack.callback(remove_placement_group, learner_group)
+
     def make_rank(rank: int):
-        return RemoteLearner.options(num_cpus=1, name=f"learner-{rank}").remote(
+        resources = placement.learner
+        return RemoteLearner.options(name=f"learner-{rank}", num_cpus=resources.num_cpus, num_gpus=resources.num_gpus,
+                                     resources=resources.resources, **in_group(learner_group, rank)).remote(
             rank, cfg.learner.num_ranks, model_path, cfg.learner, cfg.loss, replay_cfg, shards.urls, channel,
             cfg.steps)
 
+    engine_groups: dict[int, object] = {}  # slot -> its tensor-parallel engine's placement group
+
     def start_worker(slot: int, name: str):
-        return RemoteRolloutWorker.options(num_cpus=cfg.rollout.cpus_per_worker, max_concurrency=4).remote(
-            name, model_path, cfg.rollout, cfg.env, replay_cfg, shards.urls, channel, admission,
+        options = {"num_cpus": placement.rollout.num_cpus, "num_gpus": placement.rollout.num_gpus,
+                   "resources": placement.rollout.resources}
+        rollout = cfg.rollout
+        if placement.tensor_parallel_size > 1:  # the engine's shards in one group; the worker in its first bundle
+            if slot not in engine_groups:
+                engine_groups[slot] = ready_group(placement.worker_bundles(), "PACK", placement.timeout_s,
+                                                  f"rollout worker {slot}'s {placement.tensor_parallel_size} GPUs")
+                stack.callback(remove_placement_group, engine_groups[slot])
+            options |= {"num_gpus": 1.0} | in_group(engine_groups[slot], 0)
+            rollout = rollout.model_copy(update={"engine": rollout.engine.model_copy(update={"vllm": {
+                **rollout.engine.vllm, "tensor_parallel_size": placement.tensor_parallel_size,
+                "distributed_executor_backend": "ray"}})})
+        return RemoteRolloutWorker.options(max_concurrency=4, **options).remote(
+            name, model_path, rollout, cfg.env, replay_cfg, shards.urls, channel, admission,
             cfg.seed + 1000 * (slot + 1))
 
     learners = LearnerGroup(make_rank, cfg.learner.num_ranks, run_dir / "checkpoints", cfg.checkpoint)
     workers = WorkerPool(start_worker, admission, cfg.mode == "async",
-                         RestartBudget(cfg.faults.worker_restarts, cfg.faults.worker_restart_window_s))
+                         RestartBudget(cfg.faults.worker_restarts, cfg.faults.worker_restart_window_s),
+                         on_ready=lambda w: record.add("rollout", w.name, w.handle, placement.rollout.request()),
+                         on_gone=lambda w: record.ended(w.name))
     progress.note(f"starting {cfg.learner.num_ranks} learner rank(s) and {cfg.rollout.num_workers} rollout "
                   "workers (vLLM warm-up)...")
     workers.start(cfg.rollout.num_workers)
     stack.callback(workers.stop_all, CALL_TIMEOUT_S)
     learners.start()
     stack.callback(learners.kill)
+    record_learners(record, learners, placement)
     workers.wait_ready(cfg.faults.start_timeout_s)
     live.refresh(force=True)
     writer = MetricsWriter(run_dir)
     stack.callback(writer.close)
     return Run(cfg, run_dir, replay_cfg, shards, channel, admission, controller, replay, learners, workers, writer,
-               progress, live, transformers.AutoTokenizer.from_pretrained(model_path), started or time.time())
+               progress, live, transformers.AutoTokenizer.from_pretrained(model_path), record, started or time.time())
+
+
+def record_learners(record: PlacementRecord, learners: LearnerGroup, placement) -> None:
+    for rank, handle in enumerate(learners.ranks):
+        record.add("learner", f"learner-{rank}.{learners.restarts}", handle, placement.learner.request())
 
 
 # -- the loop's parts ---------------------------------------------------------------------------
@@ -243,7 +280,10 @@ def recover_learners(run: Run, failure: LearnerFailure, resume_hint: str) -> int
         raise RunFailed(f"{failure}, and the learner was restarted {run.learners.restarts} times already; "
                         f"resume with: {resume_hint}") from failure
     run.note(f"{failure}: restarting every learner rank from the latest checkpoint")
+    for entry in [e for e in run.placement.live() if e["role"] == "learner"]:
+        run.placement.ended(entry["name"])
     run.learners.restart()
+    record_learners(run.placement, run.learners, run.cfg.placement)
     return restore(run)
 
 
@@ -319,7 +359,7 @@ def train_loop(run: Run, step: int, resume_hint: str) -> int:
         record["wall_s"] = time.time() - run.started
         run.writer.write(record)
         run.progress.stepped(record)
-        run.controller.report.remote(record, len(run.workers.ready), run.replay.stats().to_dict())
+        run.controller.report.remote(record, len(run.workers.ready), run.replay.stats().to_dict(), run.placement.live())
         run.live.refresh()
         rescale(run)
     return step

@@ -41,18 +41,33 @@ def render_status(status: RunStatus, now: float | None = None) -> Table:
     return table
 
 
+def render_placement(status: RunStatus) -> Table:
+    """One row per live actor: where it runs and what it was given."""
+    table = Table(title="placement")
+    for column in ("role", "name", "node", "resources", "GPU ids", "CUDA_VISIBLE_DEVICES"):
+        table.add_column(column)
+    for entry in status.placement:
+        resources = ", ".join(f"{k} {v:g}" for k, v in entry["resources"].items())
+        table.add_row(entry["role"], entry["name"], entry["node_address"], resources,
+                      ",".join(entry["gpu_ids"]) or "-", entry["cuda_visible_devices"] or "-")
+    return table
+
+
 def _number(value: float) -> str:
     return str(value) if isinstance(value, int) else f"{value:.4g}"
 
 
 def _status(args: argparse.Namespace) -> int:
-    status = ray.get(find_controller(args.address).status.remote())
-    Console(width=100).print(render_status(status))
+    status = ray.get(find_controller(args.address).status.remote(), timeout=10)
+    console = Console(width=100)
+    console.print(render_status(status))
+    if status.placement:
+        console.print(render_placement(status))
     return 0
 
 
 def _scale(args: argparse.Namespace) -> int:
-    previous = ray.get(find_controller(args.address).scale.remote(args.rollout_workers))
+    previous = ray.get(find_controller(args.address).scale.remote(args.rollout_workers), timeout=10)
     print(f"rollout workers: desired {previous} -> {args.rollout_workers}; the driver applies it after its "
           "current learner step (`tidal status` shows the live count)")
     return 0

@@ -49,6 +49,15 @@ def find_auth_token(environ: Mapping[str, str] = os.environ) -> str | None:
     return (path.read_text().strip() or None) if path.is_file() else None
 
 
+def use_cluster_token() -> None:
+    """Before joining an existing cluster with ray.init: Ray's own client sends the token only in
+    token mode; turn that on when a token is at hand and no mode was chosen (Ray's own rule for a
+    local cluster; it also refreshes the mode Ray read at import). The token is never printed."""
+    from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
 def auth_headers(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 

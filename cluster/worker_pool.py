@@ -51,8 +51,10 @@ class Stopping:
 
 class WorkerPool:
     def __init__(self, start_worker: Callable[[int, str], object], admission, produce_continuously: bool,
-                 budget: RestartBudget) -> None:
+                 budget: RestartBudget, on_ready: Callable[[Worker], None] = lambda w: None,
+                 on_gone: Callable[[Worker], None] = lambda w: None) -> None:
         self._start_worker = start_worker  # (slot, name) -> actor handle
+        self._on_ready, self._on_gone = on_ready, on_gone  # e.g. the placement record
         self.admission = admission
         self.produce_continuously = produce_continuously
         self.budget = budget
@@ -99,6 +101,7 @@ class WorkerPool:
                 try:
                     ray.get(worker.ready_ref)
                     worker.ready = True
+                    self._on_ready(worker)
                 except ray.exceptions.RayActorError as e:
                     notes.append(self._replace(worker, e))
         for worker in [w for w in self.workers if w.loop_ref is not None]:
@@ -121,6 +124,7 @@ class WorkerPool:
     def _replace(self, dead: Worker, error: BaseException) -> str:
         reason = f"{type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}"
         self.last_errors[dead.name] = reason
+        self._on_gone(dead)
         lost = ray.get(self.admission.worker_lost.remote(dead.name), timeout=CALL_TIMEOUT_S)
         self.lost_in_flight += lost
         ray.kill(dead.handle, no_restart=True)
@@ -138,6 +142,7 @@ class WorkerPool:
             if finished or time.monotonic() >= entry.deadline:
                 ray.kill(entry.worker.handle, no_restart=True)
                 self._stopping.remove(entry)
+                self._on_gone(entry.worker)
 
     # -- work ------------------------------------------------------------------------------------
     @property

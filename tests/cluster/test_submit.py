@@ -5,13 +5,6 @@ temp dir, stopped by process group: `ray stop` would also stop a run that is liv
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,16 +15,11 @@ from ray.job_submission import JobStatus
 from cluster.errors import ConfigError
 from cluster.submit import (SubmitError, auth_headers, find_auth_token, job_spec, make_job_client, register,
                             submit_run, validate_for_cluster)
+from tests.ray_head import ray_head, token_file
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "configs" / "example-cluster.yaml"
 UNREACHABLE = "http://127.0.0.1:1"  # nothing listens there: reaching it would fail differently
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---- token and request building ----------------------------------------------------------------
@@ -77,70 +65,16 @@ def test_bad_config_fails_before_submission(tmp_path):
 
 def test_unreachable_address_is_a_submit_error(tmp_path):
     with pytest.raises(SubmitError, match="cannot reach the Ray Jobs API at http://127.0.0.1:1"):
-        make_job_client(UNREACHABLE, {"RAY_AUTH_TOKEN_PATH": str(_token_file(tmp_path, "t0ken"))})
-
-
-def _token_file(directory: Path, token: str) -> Path:
-    path = directory / "auth_token"
-    path.write_text(token)
-    path.chmod(0o600)
-    return path
+        make_job_client(UNREACHABLE, {"RAY_AUTH_TOKEN_PATH": str(token_file(tmp_path, "t0ken"))})
 
 
 # ---- a real head node with token auth ---------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def head():
-    """(dashboard URL, environ naming its token file). Short temp dir: Ray's socket paths have a length limit."""
-    temp_dir = Path(tempfile.mkdtemp(prefix="ts", dir="/tmp"))
-    token_path = _token_file(temp_dir, os.urandom(16).hex())
-    environ = {"RAY_AUTH_TOKEN_PATH": str(token_path)}
-    dashboard_port = _free_port()
-    command = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--num-cpus", "1",
-               "--port", str(_free_port()), "--dashboard-port", str(dashboard_port),
-               "--ray-client-server-port", str(_free_port()), "--dashboard-agent-listen-port", str(_free_port()),
-               "--include-dashboard", "true", "--disable-usage-stats", "--temp-dir", str(temp_dir)]
-    # The job's entrypoint runs `python` from PATH: make it this interpreter (the project's venv).
-    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": path, **environ}
-    env.pop("RAY_ADDRESS", None)
-    log = (temp_dir / "head.log").open("w")
-    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{dashboard_port}"
-    try:
-        _wait_for_dashboard(url, process, temp_dir / "head.log")
-        yield url, environ
-    finally:
-        _stop_process_group(process)
-        log.close()
-        shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def _wait_for_dashboard(url: str, process: subprocess.Popen, log: Path, timeout_s: float = 60.0) -> None:
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"ray start exited with {process.returncode}:\n{log.read_text()[-2000:]}")
-        try:
-            requests.get(f"{url}/api/version", timeout=1)
-            return
-        except requests.ConnectionError:
-            time.sleep(0.5)
-    pytest.fail(f"dashboard at {url} not up after {timeout_s}s:\n{log.read_text()[-2000:]}")
-
-
-def _stop_process_group(process: subprocess.Popen) -> None:
-    """`ray start --block` and everything it started share one process group (our own session)."""
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)  # raylet and gcs do not always follow the SIGTERM
-    except ProcessLookupError:
-        pass
-    process.wait(timeout=10)
+    """(dashboard URL, environ naming its token file)."""
+    with ray_head("--num-cpus", "1") as cluster:
+        yield cluster.dashboard, cluster.environ
 
 
 def _wait_for_job(client, job_id: str, timeout_s: float = 90.0) -> JobStatus:
