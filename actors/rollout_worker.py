@@ -78,6 +78,7 @@ class RolloutWorker:
         self._training_groups = 0
         self._finished: list[GroupRun] = []
         self._next_admission = 0.0
+        self._last_weight_sync_s = 0.0
         self._sequence = 0
         self._counters: Counter[str] = Counter()
         self._stopping = threading.Event()
@@ -137,6 +138,7 @@ class RolloutWorker:
 
     def stats(self) -> dict:
         return {**self._counters, "name": self.name, "policy_version": self.weights.version,
+                "weight_sync_last_s": self._last_weight_sync_s,
                 "groups_in_flight": self._training_groups, "env_threads_lost": self.loop.calls.lost_threads,
                 "episode_errors": self.errors.snapshot()}
 
@@ -206,11 +208,14 @@ class RolloutWorker:
             self.loop.hold()  # no request mixes two versions: new ones wait until the engine drained
             if not self.loop.engine_drained:
                 return
+        started = time.monotonic()
         head, state = self.weights.fetch()
         self.engine.load_weights(state.items(), head[1])
         self.weights.loaded(head)
         self.loop.release()
+        self._last_weight_sync_s = time.monotonic() - started
         self._counters["weight_loads"] += 1
+        self._counters["weight_sync_s"] += self._last_weight_sync_s
 
     def _start_groups(self) -> None:
         room = self.cfg.groups_in_flight - self._training_groups

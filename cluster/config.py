@@ -91,6 +91,10 @@ class RayConfig(BaseModel):
     include_dashboard: bool = True
     num_cpus: int | None = 8
     """Logical CPUs of a local instance: more than the cores, since actors mostly wait on each other."""
+    dashboard_host: str = "127.0.0.1"
+    """Where a local instance's dashboard listens (0.0.0.0: every interface)."""
+    metrics_export_port: int | None = Field(None, ge=1, le=65535)
+    """A local instance's Prometheus endpoint (http://host:port/metrics); None: Ray picks a free port."""
 
 
 class RunConfig(BaseModel):

@@ -41,6 +41,7 @@ from cluster.metrics import MetricsWriter, plot_rewards
 from cluster.placement import PlacementRecord, check_capacity, in_group, ready_group
 from cluster.processes import LiveRun, reap_orphans
 from cluster.progress import Progress
+from cluster.ray_metrics import RunGauges
 from cluster.rollout_meter import RolloutMeter
 from cluster.run_shards import RunShards
 from cluster.scaling import RestartBudget
@@ -128,9 +129,10 @@ def start_run(cfg: RunConfig, run_dir: Path, stack: ExitStack, progress: Progres
         use_cluster_token()
     # The actors' own output (vLLM, DeepSpeed and their warnings) goes to the session's log files, not
     # to this terminal: it shows the run's progress; failures still arrive here as exceptions.
-    context = ray.init(address=cfg.ray.address, num_cpus=cfg.ray.num_cpus if cfg.ray.address is None else None,
-                       include_dashboard=cfg.ray.include_dashboard, runtime_env={"env_vars": ACTOR_ENV},
-                       logging_level=logging.ERROR, log_to_driver=False)
+    local = {"num_cpus": cfg.ray.num_cpus, "dashboard_host": cfg.ray.dashboard_host,
+             "_metrics_export_port": cfg.ray.metrics_export_port} if cfg.ray.address is None else {}
+    context = ray.init(address=cfg.ray.address, include_dashboard=cfg.ray.include_dashboard,
+                       runtime_env={"env_vars": ACTOR_ENV}, logging_level=logging.ERROR, log_to_driver=False, **local)
     stack.callback(ray.shutdown)
     session = ray._private.worker._global_node.get_session_dir_path()
     if cfg.ray.address is None:  # our own instance: reaped if we die; a cluster we joined is not ours
@@ -141,6 +143,8 @@ def start_run(cfg: RunConfig, run_dir: Path, stack: ExitStack, progress: Progres
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     if context.dashboard_url:
         progress.note(f"Ray dashboard: http://{context.dashboard_url}")
+    node = ray._private.worker._global_node
+    progress.note(f"Prometheus metrics: http://{node.node_ip_address}:{node.metrics_export_port}/metrics")
 
     controller = start_controller(RunStatus(cfg.name, str(run_dir), cfg.steps, cfg.rollout.num_workers),
                                   shards.urls, replay_cfg.namespace)
@@ -314,7 +318,7 @@ def rescale(run: Run) -> None:
         run.note(f"rollout workers: {before} -> {desired} (new ones join when warmed up)")
 
 
-def step_record(run: Run, step: int, learner: dict, meter: RolloutMeter) -> dict:
+def step_record(run: Run, step: int, learner: dict, meter: RolloutMeter) -> tuple[dict, dict]:
     record = {"step": step, **learner}
     meter.update(run.workers.stats())
     record |= meter.record() | run.workers.counts()
@@ -326,7 +330,7 @@ def step_record(run: Run, step: int, learner: dict, meter: RolloutMeter) -> dict
     record |= {f"curriculum/p/{category}": p for category, p in probabilities.items()}
     replay = run.replay.stats().to_dict()
     record |= {k: v for k, v in replay.items() if not PER_SHARD_KEY.match(k)}  # service totals, not per shard
-    return record
+    return record, replay
 
 
 def train_loop(run: Run, step: int, resume_hint: str) -> int:
@@ -335,6 +339,7 @@ def train_loop(run: Run, step: int, resume_hint: str) -> int:
     run.writer.write({"step": step, "wall_s": time.time() - run.started, "policy_version": step, **first})
     run.progress.evaluated(step, first)
     meter = RolloutMeter()
+    gauges = RunGauges(cfg.name)
     policy = CheckpointPolicy(cfg.checkpoint)
     policy.saved(step)
     while step < cfg.steps:
@@ -349,7 +354,7 @@ def train_loop(run: Run, step: int, resume_hint: str) -> int:
             policy.saved(step)
             continue
         step += 1
-        record = step_record(run, step, learner, meter)
+        record, replay = step_record(run, step, learner, meter)
         if cfg.eval.every and (step % cfg.eval.every == 0 or step == cfg.steps):
             record |= evaluate(run)
             run.progress.evaluated(step, record)
@@ -359,7 +364,8 @@ def train_loop(run: Run, step: int, resume_hint: str) -> int:
         record["wall_s"] = time.time() - run.started
         run.writer.write(record)
         run.progress.stepped(record)
-        run.controller.report.remote(record, len(run.workers.ready), run.replay.stats().to_dict(), run.placement.live())
+        gauges.publish(record, replay, meter.per_worker())
+        run.controller.report.remote(record, len(run.workers.ready), replay, run.placement.live())
         run.live.refresh()
         rescale(run)
     return step

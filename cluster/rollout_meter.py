@@ -12,16 +12,33 @@ import time
 from collections import Counter
 
 RATES = {"groups": "groups_per_s", "generated_tokens": "rollout_tokens_per_s"}
+NOT_SUMMED = ("policy_version", "groups_in_flight", "weight_sync_last_s")  # per-worker states, not counts
 
 
 class RolloutMeter:
     def __init__(self) -> None:
         self._latest: dict[str, dict] = {}  # worker name -> its latest stats
+        self._previous: dict[str, tuple[dict, float]] = {}  # worker name -> (stats, time) of the update before
+        self._updated = time.time()
         self._last: tuple[Counter, float] = (Counter(), time.time())
 
     def update(self, stats: list[dict]) -> None:
+        now = time.time()
         for report in stats:
+            if report["name"] in self._latest:
+                self._previous[report["name"]] = self._latest[report["name"]], self._updated
             self._latest[report["name"]] = report
+        self._updated = now
+
+    def per_worker(self) -> dict[str, dict[str, float]]:
+        """Each worker that reported twice: its rates between its last two reports, its last weight sync."""
+        out = {}
+        for name, (before, then) in self._previous.items():
+            latest, elapsed = self._latest[name], max(self._updated - then, 1e-9)
+            out[name] = {"tokens_per_s": (latest.get("generated_tokens", 0) - before.get("generated_tokens", 0)) / elapsed,
+                         "groups_per_s": (latest.get("groups", 0) - before.get("groups", 0)) / elapsed,
+                         "weight_sync_s": latest.get("weight_sync_last_s", 0.0)}
+        return out
 
     def totals(self) -> Counter:
         totals: Counter = Counter()
@@ -29,7 +46,7 @@ class RolloutMeter:
             for key, value in report.items():
                 if key == "episode_errors":
                     totals.update({f"episode_errors/{name}": count for name, count in value.items()})
-                elif isinstance(value, (int, float)) and key not in ("policy_version", "groups_in_flight"):
+                elif isinstance(value, (int, float)) and key not in NOT_SUMMED:
                     totals[key] += value
         return totals
 
