@@ -29,8 +29,10 @@ from actors.episode import Episode
 from actors.episode_loop import EpisodeLoop, GroupRun
 from actors.rendering import make_renderer
 from actors.sampling import SamplingConfig
+from actors.weight_receiver import CollectiveReceiver
 from actors.weights import WeightSubscriber
 from buffer import Group, ReplayClient, ReplayConfig, learning_signal
+from buffer.weight_transport import WeightSyncConfig
 from envs import EpisodeErrorCounter, SafeEnv, Task
 
 log = logging.getLogger(__name__)
@@ -54,7 +56,8 @@ class _EpisodesJob:
 
 class RolloutWorker:
     def __init__(self, name: str, model_path: str, cfg: RolloutConfig, env_cfg: EnvConfig,
-                 replay_cfg: ReplayConfig, shard_urls: list[str], channel, admission, seed: int) -> None:
+                 replay_cfg: ReplayConfig, shard_urls: list[str], channel, admission, seed: int,
+                 weights: WeightSyncConfig = WeightSyncConfig()) -> None:
         """`name` must be unique per incarnation: group ids start with it, so they never collide."""
         from transformers import AutoTokenizer
 
@@ -67,7 +70,9 @@ class RolloutWorker:
                                 self.errors)
         self.tasks = env_cfg.build_task_source()
         self.replay = ReplayClient(replay_cfg, shard_urls)
-        self.weights = WeightSubscriber(channel)
+        self.channel = channel
+        self.weights = WeightSubscriber(channel) if weights.backend == "object_store" else CollectiveReceiver(
+            channel, name, weights.bucket_bytes, weights.timeout_s, "nccl" if torch.cuda.is_available() else "gloo")
         self.admission = admission
         self.rng = np.random.default_rng(seed)
         self._jobs: queue.Queue = queue.Queue()
@@ -200,9 +205,7 @@ class RolloutWorker:
             self.loop.release()
             return
         if not self.weights.newer(force=bool(self._weight_waiters)):
-            for waiter in self._weight_waiters:
-                waiter.set_result(self.weights.version)
-            self._weight_waiters.clear()
+            self._settle_weight_waiters()
             return
         if not self.cfg.partial or self._weight_waiters:
             self.loop.hold()  # no request mixes two versions: new ones wait until the engine drained
@@ -216,6 +219,15 @@ class RolloutWorker:
         self._last_weight_sync_s = time.monotonic() - started
         self._counters["weight_loads"] += 1
         self._counters["weight_sync_s"] += self._last_weight_sync_s
+
+    def _settle_weight_waiters(self) -> None:
+        """sync_weights() returns once the engine holds what the learner last published (a collective
+        version may still be on its way: then the waiters wait, within their bound)."""
+        if self._weight_waiters and self.weights.head == tuple(ray.get(self.channel.head.remote(),
+                                                                       timeout=CALL_TIMEOUT_S)):
+            for waiter in self._weight_waiters:
+                waiter.set_result(self.weights.version)
+            self._weight_waiters.clear()
 
     def _start_groups(self) -> None:
         room = self.cfg.groups_in_flight - self._training_groups

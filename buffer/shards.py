@@ -13,7 +13,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 import redis
 
 from buffer.errors import ReplayError
+from buffer.ports import free_port
 
 log = logging.getLogger(__name__)
 _START_TIMEOUT_S = 20.0
@@ -38,12 +38,6 @@ def _die_with_parent() -> None:
         import ctypes
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -126,7 +120,7 @@ def start_local_shards(n: int, data_dir: str | os.PathLike, fsync: str = "everys
     shards: list[LocalShard] = []
     try:
         for index in range(n):
-            shard = LocalShard(_free_port(), Path(data_dir) / f"shard-{index}", fsync, password)
+            shard = LocalShard(free_port(), Path(data_dir) / f"shard-{index}", fsync, password)
             shards.append(shard.start())
     except ShardStartError:
         stop_local_shards(shards)

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from actors.config import EnvConfig, RolloutConfig
 from envs import CurriculumConfig
 from buffer import ReplayConfig
+from buffer.weight_transport import WeightSyncConfig
 from cluster.checkpoints import CheckpointConfig
 from cluster.errors import ConfigError
 from cluster.placement import PlacementConfig
@@ -118,6 +119,8 @@ class RunConfig(BaseModel):
     eval: EvalConfig = EvalConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     faults: FaultConfig = FaultConfig()
+    weights: WeightSyncConfig = WeightSyncConfig()
+    """How new weights reach the rollout engines: object_store | collective."""
     placement: PlacementConfig = PlacementConfig()
     """What each role asks Ray for (CPUs, GPUs, custom resources) and how the learner ranks spread."""
     ray: RayConfig = RayConfig()

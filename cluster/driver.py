@@ -166,7 +166,7 @@ def start_run(cfg: RunConfig, run_dir: Path, stack: ExitStack, progress: Progres
         return RemoteLearner.options(name=f"learner-{rank}", num_cpus=resources.num_cpus, num_gpus=resources.num_gpus,
                                      resources=resources.resources, **in_group(learner_group, rank)).remote(
             rank, cfg.learner.num_ranks, model_path, cfg.learner, cfg.loss, replay_cfg, shards.urls, channel,
-            cfg.steps)
+            cfg.steps, cfg.weights)
 
     engine_groups: dict[int, object] = {}  # slot -> its tensor-parallel engine's placement group
 
@@ -185,13 +185,13 @@ def start_run(cfg: RunConfig, run_dir: Path, stack: ExitStack, progress: Progres
                 "distributed_executor_backend": "ray"}})})
         return RemoteRolloutWorker.options(max_concurrency=4, **options).remote(
             name, model_path, rollout, cfg.env, replay_cfg, shards.urls, channel, admission,
-            cfg.seed + 1000 * (slot + 1))
+            cfg.seed + 1000 * (slot + 1), cfg.weights)
 
     learners = LearnerGroup(make_rank, cfg.learner.num_ranks, run_dir / "checkpoints", cfg.checkpoint)
     workers = WorkerPool(start_worker, admission, cfg.mode == "async",
                          RestartBudget(cfg.faults.worker_restarts, cfg.faults.worker_restart_window_s),
                          on_ready=lambda w: record.add("rollout", w.name, w.handle, placement.rollout.request()),
-                         on_gone=lambda w: record.ended(w.name))
+                         on_gone=lambda w: (record.ended(w.name), channel.peer_gone.remote(w.name)))
     progress.note(f"starting {cfg.learner.num_ranks} learner rank(s) and {cfg.rollout.num_workers} rollout "
                   "workers (vLLM warm-up)...")
     workers.start(cfg.rollout.num_workers)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -22,13 +21,6 @@ from learner.config import LearnerConfig, merge_nested
 
 def _on_gpu() -> bool:
     return torch.cuda.is_available()
-
-
-def free_port() -> int:
-    """A TCP port free on this machine (for the process group's rendezvous on rank 0's node)."""
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
 
 
 COLLECTIVE_TIMEOUT = timedelta(minutes=5)  # a peer that died mid-collective fails the others within this

@@ -26,14 +26,17 @@ import ray
 import torch
 
 from buffer import Group, ReplayClient, ReplayConfig, SampledGroup, Trajectory
+from buffer.ports import free_port
+from buffer.weight_transport import WeightSyncConfig
 from envs.curriculum import mean_abs_advantage_by_category
 from learner.advantages import make_estimator
 from learner.batch import TrainBatch, build_batch
 from learner.config import LearnerConfig
-from learner.engine import PolicyEngine, free_port, init_process_group
+from learner.engine import PolicyEngine, init_process_group
 from learner.loss_config import PolicyLossConfig
 from learner.self_imitation import SelfImitationBuffer, imitation_weight
 from learner.step import SelfImitationReplay, train_step
+from learner.weight_broadcast import WeightBroadcaster
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +54,7 @@ class Learner:
 
     def __init__(self, rank: int, world_size: int, model_path: str, cfg: LearnerConfig, loss_cfg: PolicyLossConfig,
                  replay_cfg: ReplayConfig, shard_urls: list[str], channel, total_steps: int,
-                 priority_decay: float = 0.5) -> None:
+                 weights: WeightSyncConfig = WeightSyncConfig(), priority_decay: float = 0.5) -> None:
         torch.set_num_threads(1)
         self.rank, self.world_size = rank, world_size
         self.cfg, self.loss_cfg = cfg, loss_cfg
@@ -59,6 +62,8 @@ class Learner:
         self.total_steps = total_steps
         self.replay = ReplayClient(replay_cfg, shard_urls)
         self.channel = channel
+        self.weight_sync = weights
+        self.broadcaster: WeightBroadcaster | None = None
         self.priority_decay = priority_decay
         self.version = 0
         self.advantages = make_estimator(cfg.advantage, cfg.advantage_params)
@@ -72,7 +77,7 @@ class Learner:
 
     def rendezvous_address(self) -> tuple[str, int]:
         """This node's address and a port free on it: where the process group meets (ask rank 0)."""
-        return ray.util.get_node_ip_address(), free_port()
+        return ray.util.get_node_ip_address(), free_port("")
 
     def setup(self, master_addr: str, master_port: int) -> None:
         from transformers import AutoTokenizer
@@ -81,6 +86,9 @@ class Learner:
         self.engine = PolicyEngine(self.model_path, self.cfg, self.total_steps, self.world_size,
                                    with_reference=self.loss_cfg.needs_reference)
         self.pad_id = AutoTokenizer.from_pretrained(self.model_path).pad_token_id
+        if self.rank == 0 and self.weight_sync.backend == "collective":
+            self.broadcaster = WeightBroadcaster(self.channel, self.engine.named_weights(), self.weight_sync.bucket_bytes,
+                                                 self.weight_sync.timeout_s, "nccl" if torch.cuda.is_available() else "gloo")
         self._activity = "idle"
 
     def groups_for_this_rank(self) -> int:
@@ -183,13 +191,18 @@ class Learner:
             f"signal_groups/{category}": float(categories.count(category)) for category in signals}
 
     def publish(self, rewind: bool = False) -> None:
-        """Rank 0 tells the replay its version, then puts the weights in the object store and announces
-        them, so that no group made with them can reach the replay ahead of the version (rewind: after
-        a restore from a checkpoint; the replay drops what the lost timeline made)."""
-        if self.rank == 0:
-            self.replay.set_learner_version(self.version, rewind)
-            weights_ref = ray.put(self.engine.named_weights())
-            ray.get(self.channel.publish.remote(self.version, [weights_ref], rewind), timeout=PUBLISH_TIMEOUT_S)
+        """Rank 0 tells the replay its version, then publishes the weights, so that no group made with
+        them can reach the replay ahead of the version (rewind: after a restore from a checkpoint; the
+        replay drops what the lost timeline made). Object store: the weights go in it and the channel
+        names them; collective: the channel announces the version and the broadcaster sends it."""
+        if self.rank != 0:
+            return
+        self.replay.set_learner_version(self.version, rewind)
+        weights = self.engine.named_weights()
+        refs = [] if self.broadcaster is not None else [ray.put(weights)]
+        head = ray.get(self.channel.publish.remote(self.version, refs, rewind), timeout=PUBLISH_TIMEOUT_S)
+        if self.broadcaster is not None:
+            self.broadcaster.publish(head, weights)
 
     def recompute_logprobs(self, trajectories_ids: list[list[int]]) -> list[list[float]]:
         """Next-token logprobs of each sequence under the current weights (for checking engine parity)."""

@@ -4,19 +4,13 @@ tokenizer in a temporary folder, and a one-rank gloo process group for in-proces
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 
+from buffer.ports import free_port
 from tests.tiny_models import save_tiny_model
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed reads it at import
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
