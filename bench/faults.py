@@ -72,7 +72,8 @@ def _records(run_dir: Path | None) -> list[dict]:
 
 
 def _run_dir(run_root: Path) -> Path | None:
-    runs = [p for p in run_root.iterdir() if p.is_dir() and (p / "config.yaml").is_file()] if run_root.is_dir() else []
+    runs = [p for p in run_root.iterdir() if not p.is_symlink() and (p / "config.yaml").is_file()] \
+        if run_root.is_dir() else []
     return runs[0] if runs else None
 
 

@@ -92,6 +92,7 @@ class ReplayClient:
         self._lock = threading.Lock()  # guards the RNG, the counters and the route cache
         self._counters = ClientCounters()
         self._route_cache: OrderedDict[str, int] = OrderedDict()
+        self._undelivered: dict[tuple[int, int], list[tuple[str, float]]] = {}  # (shard, version) -> training uses
         self._success_store = (SuccessStore(config.success_store, config.namespace)
                                if config.success_store.enabled else None)
 
@@ -343,19 +344,24 @@ class ReplayClient:
         one per use (a group drawn twice in a batch appears twice): each use is recorded in the
         ledger, and groups still stored get their new priority (unknown ids are ignored).
         Returns how many priorities were applied."""
-        by_shard: dict[int, list[tuple[str, float]]] = {}
+        by_shard: dict[tuple[int, int], list[tuple[str, float]]] = {}
         with self._lock:
             for group_id, priority in uses:
                 if not (np.isfinite(priority) and priority >= 0):
                     raise ValueError(f"priority of {group_id} must be finite and >= 0, got {priority}")
                 index = self._route_cache.get(group_id, self._home(group_id))
-                by_shard.setdefault(index, []).append((group_id, priority))
+                by_shard.setdefault((index, version), []).append((group_id, priority))
+            for (index, earlier), batch in self._undelivered.items():  # uses a down shard missed before
+                by_shard.setdefault((index, earlier), [])[:0] = batch
+            self._undelivered = {}
         applied = 0
-        for index, batch in by_shard.items():
+        for (index, trained_with), batch in by_shard.items():
             try:
-                applied += self._shards[index].trained(version, batch)
-            except ShardUnavailable:
-                self._count("dropped_priority_updates", len(batch))
+                applied += self._shards[index].trained(trained_with, batch)
+            except ShardUnavailable:  # kept for the next report: the ledger must not miss a use
+                with self._lock:
+                    self._undelivered.setdefault((index, trained_with), []).extend(batch)
+                self._count("delayed_training_reports", len(batch))
         return applied
 
     def set_learner_version(self, version: int, rewind: bool = False) -> int:

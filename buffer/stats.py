@@ -44,7 +44,7 @@ class ClientCounters:
     rerouted_inserts: int = 0  # inserts that went to another shard because theirs was down
     shard_down_events: int = 0
     success_injections: int = 0
-    dropped_priority_updates: int = 0  # updates for groups on a shard that was down
+    delayed_training_reports: int = 0  # training uses held back while their shard was down (sent later)
 
 
 @dataclass
@@ -93,6 +93,6 @@ def render_stats_table(stats: ReplayStats) -> Table:
                   str(stats.total("quarantined")), "", end_section=True)
     c = stats.client
     table.caption = (f"rerouted inserts {c.rerouted_inserts}, shard down events {c.shard_down_events}, "
-                     f"success injections {c.success_injections}, dropped priority updates "
-                     f"{c.dropped_priority_updates}")
+                     f"success injections {c.success_injections}, training reports delayed by a down shard "
+                     f"{c.delayed_training_reports}")
     return table

@@ -387,7 +387,8 @@ def train(cfg: RunConfig, resume_dir: Path | None = None, config_path: Path | No
     version numbering) from its latest checkpoint; returns the run directory."""
     for line in reap_orphans():
         log.warning(line)
-    run_dir = resume_dir if resume_dir is not None else make_run_dir(cfg)
+    # Resolved: runs/latest is a link, and the run's replay namespace is its directory's own name.
+    run_dir = resume_dir.resolve() if resume_dir is not None else make_run_dir(cfg)
     resume_hint = f"tidal train {config_path or ''} --resume {run_dir}".replace("  ", " ")
     started = time.time()
     with ExitStack() as stack, Progress(cfg.steps) as progress:

@@ -1,6 +1,8 @@
 """The consumption ledger: every acknowledged group is buffered or left for a named reason, each
 training use is recorded, and a rewind evicts (and later refuses) what a lost timeline made."""
 
+import time
+
 import redis
 
 from buffer import codec
@@ -52,3 +54,23 @@ def test_a_rewind_evicts_and_then_refuses_what_the_lost_timeline_made(shards, na
     assert (totals["left_rewound"], totals["buffered"], totals["acked"], totals["unaccounted"]) == (3, 2, 5, 0)
     client.set_learner_version(3)  # without rewind the version only grows
     assert client.stats().shards[0].learner_version == 5
+
+
+def test_training_uses_reported_while_a_shard_is_down_reach_it_once_it_is_back(tmp_path, make_client, make_group):
+    from buffer import start_local_shards, stop_local_shards
+
+    [shard] = start_local_shards(1, tmp_path, fsync="always")
+    try:
+        client = make_client([shard.url], "down-test", retry_down_shard_s=0.1)
+        assert client.insert(make_group([0.0, 1.0], group_id="g"))
+        [drawn] = client.sample(1, learner_version=0)
+        shard.kill()
+        assert client.report_trained(0, [("g", 0.5)]) == 0  # the shard is down: the use is kept
+        shard.start()
+        time.sleep(0.2)
+        client.report_trained(1, [])  # the next report delivers it
+        totals = client.audit().to_dict()
+        assert (totals["trained_uses"], totals["trained_groups"], totals["unaccounted"]) == (1, 1, 0)
+        assert client.stats().client.delayed_training_reports == 1
+    finally:
+        stop_local_shards([shard])
