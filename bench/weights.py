@@ -27,32 +27,9 @@ from pathlib import Path
 import ray
 import torch
 
+from bench._models import model_path
+
 RESULTS = Path(__file__).resolve().parent / "results" / "weights.json"
-THIRTY_M = {"hidden_size": 512, "num_layers": 8, "num_heads": 8, "head_dim": 64, "intermediate_size": 1536}
-
-
-def model_path(name: str, root: Path) -> tuple[str, int]:
-    """The demo model, or a random ~30M-parameter Llama with the demo's tokenizer; and its size."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from cluster.demo_model import build_char_tokenizer, build_demo_model
-
-    if name == "demo":
-        path = str(build_demo_model())
-    else:
-        tokenizer = build_char_tokenizer(64)
-        config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=THIRTY_M["hidden_size"],
-                             num_hidden_layers=THIRTY_M["num_layers"], num_attention_heads=THIRTY_M["num_heads"],
-                             num_key_value_heads=THIRTY_M["num_heads"], head_dim=THIRTY_M["head_dim"],
-                             intermediate_size=THIRTY_M["intermediate_size"], max_position_embeddings=64,
-                             tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0)
-        path = str(root / "m30")
-        LlamaForCausalLM(config).save_pretrained(path, safe_serialization=True)
-        tokenizer.save_pretrained(path)
-    from transformers import AutoModelForCausalLM
-
-    params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(path).parameters())
-    return path, params
 
 
 def state_dict_copy_s(path: str) -> callable:

@@ -154,6 +154,25 @@ class PolicyEngine:
         max_norm = self.grad_clip if self.grad_clip > 0 else math.inf
         self._hook_grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
 
+    def discard_gradients(self) -> None:
+        """Drop what backward() accumulated since the last step(), so that the next update starts
+        clean. Stage 0 accumulates in .grad; ZeRO keeps each backward's reduced gradients in
+        per-group buffers that only step() consumes, and DeepSpeed has no public call to drop them:
+        this clears what its own overflow branch of step() clears, plus the unmanaged-mode
+        accumulators (the skip test checks every stage)."""
+        from deepspeed.runtime.zero.stage_1_and_2 import INITIAL_MICRO_STEP_ID
+
+        optimizer = self.engine.optimizer
+        optimizer.zero_grad(set_to_none=True)
+        if self.engine.zero_optimization_stage() == 3:
+            optimizer.averaged_gradients = {}
+        elif self.engine.zero_optimization_stage() in (1, 2):
+            optimizer._release_preflattened_grad_buffers()
+            for buffers in (optimizer.averaged_gradients, optimizer.all_grad_tensors):
+                for group in list(buffers):
+                    buffers[group] = None
+            optimizer.micro_step_id = INITIAL_MICRO_STEP_ID  # the next backward copies instead of adding
+
     def backward_padding(self) -> None:
         """A backward of zero gradient through every parameter. Under ZeRO-2 each backward is a
         collective (gradients are reduce-scattered per backward), so a rank with fewer
@@ -166,15 +185,22 @@ class PolicyEngine:
     def lr(self) -> float:
         return float(self.scheduler.get_last_lr()[0])
 
-    def named_weights(self) -> dict[str, torch.Tensor]:
-        """Full (gathered) CPU weights with HF names, for the rollout engines."""
+    def named_weights(self, snapshot: bool = True) -> dict[str, torch.Tensor]:
+        """Full (gathered) CPU weights with HF names, for the rollout engines. snapshot=False skips
+        the copy where the parameters already are fp32 CPU tensors (the result then aliases them):
+        for a caller that consumes them before the next step, as publishing does (ray.put and the
+        broadcaster's buckets copy them)."""
         import deepspeed
 
         # remove_duplicate=False keeps tied weights under every name (lm_head.weight too): vLLM's
         # in-place reload restores any layer it receives no weights for, leaving a stale LM head.
         params = list(self.engine.module.named_parameters(remove_duplicate=False))
         with deepspeed.zero.GatheredParameters([p for _, p in params], enabled=self.engine.zero_optimization_stage() == 3):
-            return {name: p.detach().to("cpu", torch.float32).clone() for name, p in params}
+            gathered = {name: p.detach().to("cpu", torch.float32) for name, p in params}
+            # Under ZeRO-3 the gathered storage is released on leaving this block: always a copy.
+            if snapshot or self.engine.zero_optimization_stage() == 3:
+                return {name: t.clone() for name, t in gathered.items()}
+            return gathered
 
     def save_checkpoint(self, directory: Path, tag: str, client_state: dict[str, Any]) -> None:
         """Model, optimizer, LR scheduler and step under `directory/tag`; `latest` names it.

@@ -133,6 +133,12 @@ class PolicyLossConfig(_Frozen):
     def needs_reference(self) -> bool:
         return self.kl.coef > 0
 
+    @property
+    def needs_ratios_before_update(self) -> bool:
+        """BAPO picks its bounds from the whole batch's ratios before the first micro-batch's loss;
+        every other objective needs nothing the forward with graph does not give."""
+        return isinstance(self.objective, BAPOConfig)
+
 
 class SelfImitationConfig(_Frozen):
     """SPEAR self-imitation on replayed positive-advantage trajectories (off unless configured)."""

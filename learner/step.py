@@ -1,13 +1,19 @@
 """One optimizer update on one rank's share of the batch (CleanRL-style, top to bottom).
 
-1. a no-grad pass at the weights before this update gives the proximal logprobs (and the
-   reference logprobs when a KL term is configured); from them the objective fixes its per-step
-   state (BAPO's bounds), and the loss of every micro-batch is evaluated once without a graph;
-2. all ranks agree whether every such loss was finite: if not, the step is skipped before any
-   backward, so no gradient state (ZeRO partitions included) is touched;
-3. micro-batches packed by a token budget: forward, loss normalised by GLOBAL counts, backward;
-   every rank runs the same number of backwards (ZeRO-2 reduces gradients in each one), then
-   `step()` reduces the rest and updates.
+Micro-batches are packed by a token budget; each is forward, loss normalised by GLOBAL counts,
+backward; every rank runs the same number of backwards, then `step()` reduces and updates. An
+update is one optimizer step, so the weights before it ARE the proximal policy: the detached
+logprobs of the forward with graph are what a recompute pass would give (decoupled correction
+and TIS use them). Only BAPO needs logprobs before the first backward (its bounds come from the
+whole batch's ratios), so only BAPO pays a no-grad pass:
+
+- BAPO: the no-grad pass gives the proximal logprobs, the bounds, and every micro-batch's loss
+  without a graph; all ranks agree that all were finite before any backward.
+- everything else: after each micro-batch's forward the ranks agree that its loss was finite
+  (one scalar all-reduce) before its backward; a non-finite one anywhere makes every rank drop
+  the gradients accumulated so far and skip the step.
+Either way nothing is applied unless every loss on every rank was finite. The reference policy's
+logprobs (KL) come from its own no-grad pass in both.
 
 Self-imitation (SPEAR), when given, adds the replayed trajectories as extra micro-batches of the
 same update, with their own normalisers and loss, before the ranks agree on the backward count
@@ -17,6 +23,7 @@ and on finiteness: the invariants above then cover them unchanged.
 from __future__ import annotations
 
 import math
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,8 +35,8 @@ import torch.distributed as dist
 from learner.batch import TrainBatch
 from learner.engine import PolicyEngine
 from learner.loss_config import PolicyLossConfig, SelfImitationConfig
-from learner.losses import (LossInputs, Normalizers, StepState, compute_normalizers, finalize_metrics, policy_loss,
-                            prepare_step)
+from learner.losses import (LossInputs, Normalizers, StepState, compute_normalizers, finalize_metrics,
+                            fixed_step_state, policy_loss, prepare_step)
 from learner.self_imitation import self_imitation_loss
 
 # Reported by every rank whenever self-imitation is on, so that all ranks reduce the same keys.
@@ -38,10 +45,11 @@ SELF_IMITATION_KEYS = ("sil/loss", "sil/num_replayed")
 
 @dataclass
 class FixedLogprobs:
-    """What the no-grad pass fixes for one micro-batch: logprobs at the weights before the update."""
+    """What no-grad passes fix for one micro-batch: the policy's logprobs and entropy at the weights
+    before the update (None when the loss does not need them) and the reference policy's."""
 
-    proximal: torch.Tensor
-    entropy: torch.Tensor
+    proximal: torch.Tensor | None
+    entropy: torch.Tensor | None
     reference: torch.Tensor | None
 
 
@@ -74,12 +82,12 @@ def _all_ranks(values: list[float], op: str) -> list[float]:
 
 
 @torch.no_grad()
-def fixed_logprobs(engine: PolicyEngine, micro_batches: list[TrainBatch],
+def fixed_logprobs(engine: PolicyEngine, micro_batches: list[TrainBatch], with_policy: bool,
                    with_reference: bool = True) -> list[FixedLogprobs]:
     fixed = []
+    use_reference = with_reference and engine.reference is not None
     for mb in micro_batches:
-        proximal, entropy = engine.token_logprobs(mb.input_ids, mb.attention_mask)
-        use_reference = with_reference and engine.reference is not None
+        proximal, entropy = engine.token_logprobs(mb.input_ids, mb.attention_mask) if with_policy else (None, None)
         reference = engine.reference.token_logprobs(mb.input_ids, mb.attention_mask) if use_reference else None
         fixed.append(FixedLogprobs(proximal=proximal, entropy=entropy, reference=reference))
     return fixed
@@ -128,15 +136,15 @@ def _replay_normalizers(micro_batches: list[TrainBatch]) -> Normalizers | None:
     return Normalizers(tokens, sequences, int(longest)) if tokens > 0 else None
 
 
-def _replay_work(engine: PolicyEngine, replay: SelfImitationReplay | None,
-                 micro_batch_tokens: int) -> list[MicroBatchWork]:
+def _replay_work(engine: PolicyEngine, replay: SelfImitationReplay | None, micro_batch_tokens: int,
+                 checked_before: bool) -> list[MicroBatchWork]:
     if replay is None:
         return []
     micro_batches = replay.batch.micro_batches(micro_batch_tokens) if replay.batch is not None else []
     norm = _replay_normalizers(micro_batches)
     if norm is None:
         return []
-    fixed = fixed_logprobs(engine, micro_batches, with_reference=False)
+    fixed = fixed_logprobs(engine, micro_batches, with_policy=checked_before, with_reference=False)
     return [MicroBatchWork(mb, f, partial(_replay_loss, mb=mb, norm=norm, replay=replay))
             for mb, f in zip(micro_batches, fixed)]
 
@@ -147,30 +155,50 @@ def _summed_over_ranks(summed: dict[str, float]) -> dict[str, float]:
 
 
 @torch.no_grad()
-def _losses_before_update(work: list[MicroBatchWork], summed: dict[str, float]) -> tuple[dict[str, float], bool]:
-    """Summed metrics and whether every loss is finite, at the current weights (no graph)."""
-    summed = defaultdict(float, summed)
+def _losses_before_update(work: list[MicroBatchWork], summed: dict[str, float]) -> bool:
+    """Whether every loss is finite at the current weights, from the no-grad pass (no graph); adds
+    the metrics to `summed` (they are reported when the step is skipped)."""
     finite = True
     for w in work:
         loss, metrics = w.loss(w.fixed.proximal, w.fixed.entropy)
         finite = finite and math.isfinite(float(loss))
         for key, value in metrics.items():
             summed[key] += value
-    return summed, finite
+    return finite
+
+
+def _forward(engine: PolicyEngine, w: MicroBatchWork, summed: dict[str, float]) -> torch.Tensor:
+    logprobs, entropy = engine.token_logprobs(w.batch.input_ids, w.batch.attention_mask)
+    loss, metrics = w.loss(logprobs, entropy)
+    for key, value in metrics.items():
+        summed[key] += value
+    return loss
 
 
 def _accumulate_gradients(engine: PolicyEngine, work: list[MicroBatchWork], num_backwards: int,
-                          summed: dict[str, float]) -> dict[str, float]:
-    summed = defaultdict(float, summed)
+                          summed: dict[str, float]) -> None:
+    """Backward of every micro-batch whose losses the ranks already agreed were finite."""
     for w in work:
-        logprobs, entropy = engine.token_logprobs(w.batch.input_ids, w.batch.attention_mask)
-        loss, metrics = w.loss(logprobs, entropy)
-        engine.backward(loss)
-        for key, value in metrics.items():
-            summed[key] += value
+        engine.backward(_forward(engine, w, summed))
     for _ in range(num_backwards - len(work)):
         engine.backward_padding()
-    return summed
+
+
+def _accumulate_checking_each(engine: PolicyEngine, work: list[MicroBatchWork], num_backwards: int,
+                              summed: dict[str, float]) -> bool:
+    """Forward, agree that the loss is finite on every rank, backward; micro-batch by micro-batch.
+    Returns False (gradients dropped, nothing applied) as soon as one rank had a non-finite loss."""
+    for index in range(num_backwards):
+        loss = _forward(engine, work[index], summed) if index < len(work) else None
+        (any_rank_bad,) = _all_ranks([0.0 if loss is None or math.isfinite(float(loss.detach())) else 1.0], "max")
+        if any_rank_bad:
+            engine.discard_gradients()
+            return False
+        if loss is None:
+            engine.backward_padding()
+        else:
+            engine.backward(loss)
+    return True
 
 
 def _finished(summed: dict[str, float], extra: dict[str, float], grad_norm: float) -> dict[str, float]:
@@ -182,22 +210,37 @@ def _finished(summed: dict[str, float], extra: dict[str, float], grad_norm: floa
 def train_step(engine: PolicyEngine, batch: TrainBatch, cfg: PolicyLossConfig, micro_batch_tokens: int,
                generator: torch.Generator | None = None,
                replay: SelfImitationReplay | None = None) -> tuple[dict[str, float], bool]:
-    """Returns (metrics, applied); metrics are summed over micro-batches and ranks, then finalised.
-    Collective: every rank of the process group calls it once per update, all with a replay or
-    all without."""
+    """Returns (metrics, applied); metrics are summed over micro-batches and ranks, then finalised
+    (on a skipped step: over the micro-batches evaluated). Collective: every rank of the process
+    group calls it once per update, all with a replay or all without."""
+    started = time.perf_counter()
     micro_batches = batch.micro_batches(micro_batch_tokens)
     norm = compute_normalizers([mb.loss_mask for mb in micro_batches])
-    fixed = fixed_logprobs(engine, micro_batches)
-    state = _step_state(cfg, micro_batches, fixed, generator)
+    checked_before = cfg.needs_ratios_before_update
+    fixed = fixed_logprobs(engine, micro_batches, with_policy=checked_before)
+    state = _step_state(cfg, micro_batches, fixed, generator) if checked_before else fixed_step_state(cfg, generator)
     work = [MicroBatchWork(mb, f, partial(_policy_loss, mb=mb, fixed=f, norm=norm, state=state, cfg=cfg))
             for mb, f in zip(micro_batches, fixed)]
-    work += _replay_work(engine, replay, micro_batch_tokens)
+    work += _replay_work(engine, replay, micro_batch_tokens, checked_before)
     initial = dict.fromkeys(SELF_IMITATION_KEYS, 0.0) if replay is not None else {}
-    summed, finite = _losses_before_update(work, initial)
-    most_micro_batches, any_rank_bad = _all_ranks([len(work), 0.0 if finite else 1.0], "max")
     extra = {"micro_batches": len(micro_batches)} | state.metrics
+    summed = defaultdict(float, initial)
+    finite = _losses_before_update(work, summed) if checked_before else True
+    most_micro_batches, any_rank_bad = _all_ranks([len(work), 0.0 if finite else 1.0], "max")
     if any_rank_bad:
         return _finished(summed, extra, math.nan), False
-    summed = _accumulate_gradients(engine, work, int(most_micro_batches), initial)
+    summed = defaultdict(float, initial)
+    if checked_before:
+        _accumulate_gradients(engine, work, int(most_micro_batches), summed)
+    elif not _accumulate_checking_each(engine, work, int(most_micro_batches), summed):
+        return _finished(summed, extra, math.nan), False
+    backward_done = time.perf_counter()
     metrics = _finished(summed, extra, math.nan)  # reduced over the ranks before the update, as ever
-    return metrics | {"grad_norm": engine.step()}, True
+    grad_norm = engine.step()
+    return metrics | {"grad_norm": grad_norm} | _timings(started, backward_done), True
+
+
+def _timings(started: float, backward_done: float) -> dict[str, float]:
+    """Where the update's time went: no-grad passes, forwards and backwards; then the optimizer
+    step (gradient reduction, clipping, update)."""
+    return {"time/forward_backward_s": backward_done - started, "time/optimizer_s": time.perf_counter() - backward_done}

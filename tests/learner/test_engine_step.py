@@ -1,6 +1,6 @@
-"""One optimizer update under DeepSpeed (one rank, gloo): the metrics it reports, and the
-non-finite-loss guard (the step is skipped without touching any state; the Learner stops after
-`max_bad_steps` in a row)."""
+"""One optimizer update under DeepSpeed (one rank, gloo): the metrics it reports, the no-grad pass
+run only for BAPO, and the non-finite-loss guard on both paths (the step is skipped without
+leaving any state behind; the Learner stops after `max_bad_steps` in a row)."""
 
 from __future__ import annotations
 
@@ -18,24 +18,37 @@ from learner.batch import build_batch
 from learner.config import LearnerConfig
 from learner.engine import PolicyEngine
 from learner.learner_actor import Learner, NonFiniteLossError
-from learner.loss_config import BAPOConfig, CorrectionConfig, KLConfig, PolicyLossConfig
+from learner.loss_config import BAPOConfig, CorrectionConfig, KLConfig, PolicyLossConfig, PPOClipConfig
 from learner.step import train_step
 
 CFG = LearnerConfig(zero_stage=2, dtype="float32", groups_per_step=2, max_bad_steps=2, micro_batch_tokens=32)
 LOSS = PolicyLossConfig(objective=BAPOConfig(), correction=CorrectionConfig(mode="tis"), kl=KLConfig(coef=0.05))
 
 
-def _group(group_id: str, behavior: float, rewards=(1.0, 0.0, 1.0)) -> Group:
+def _group(group_id: str, behavior: float, rewards=(1.0, 0.0, 1.0), length: int = 5) -> Group:
     rng = np.random.default_rng(zlib.crc32(group_id.encode()))
-    trajectories = [Trajectory(prompt_ids=rng.integers(4, 18, 3), completion_ids=rng.integers(4, 18, 5),
-                               loss_mask=np.ones(5), behavior_logprobs=np.full(5, behavior),
-                               policy_versions=np.zeros(5), reward=r) for r in rewards]
+    trajectories = [Trajectory(prompt_ids=rng.integers(4, 18, 3), completion_ids=rng.integers(4, 18, length),
+                               loss_mask=np.ones(length), behavior_logprobs=np.full(length, behavior),
+                               policy_versions=np.zeros(length), reward=r) for r in rewards]
     return Group(group_id, "t", "c", time.time(), trajectories)
 
 
-def _batch(behavior: float):
-    samples = [SampledGroup(_group(f"w:{i}", behavior), 1.0, 1.0, 1, 0) for i in range(2)]
+def _batch(behavior: float, *extra: Group):
+    groups = [_group(f"w:{i}", behavior) for i in range(2)] + list(extra)
+    samples = [SampledGroup(group, 1.0, 1.0, 1, 0) for group in groups]
     return build_batch(samples, [s.group.rewards - s.group.rewards.mean() for s in samples], pad_id=0)
+
+
+def _counting_policy_passes(engine: PolicyEngine) -> list[bool]:
+    """Records, for every forward of the policy, whether it built a graph."""
+    passes, forward = [], engine.token_logprobs
+
+    def counted(*args):
+        passes.append(torch.is_grad_enabled())
+        return forward(*args)
+
+    engine.token_logprobs = counted
+    return passes
 
 
 @pytest.fixture
@@ -70,6 +83,51 @@ def test_a_nan_loss_skips_the_step_and_leaves_no_trace(tiny_model, engine):
     metrics, applied = train_step(engine, _batch(-2.9), LOSS, CFG.micro_batch_tokens)
     fresh = PolicyEngine(tiny_model, CFG, total_steps=10, world_size=1, with_reference=True)
     fresh_metrics, _ = train_step(fresh, _batch(-2.9), LOSS, CFG.micro_batch_tokens)
+    assert applied and metrics["grad_norm"] == pytest.approx(fresh_metrics["grad_norm"], rel=1e-6)
+    expected = fresh.named_weights()
+    for name, weight in engine.named_weights().items():
+        torch.testing.assert_close(weight, expected[name], rtol=0, atol=1e-7)
+
+
+def test_only_bapo_pays_a_no_grad_pass_and_both_paths_make_the_same_update(tiny_model, single_rank):
+    """BAPO with its bound ranges collapsed to PPO-clip's fixed bounds is the same objective; it goes
+    through the no-grad pass (bounds before the first loss), PPO-clip with TIS and KL does not."""
+    fixed_bapo = BAPOConfig(a_minus=0.8, b_minus=0.8, a_plus=1.28, b_plus=1.28)
+    correction, kl = CorrectionConfig(mode="tis"), KLConfig(coef=0.05)
+    results = {}
+    for name, objective in {"bapo": fixed_bapo, "ppo_clip": PPOClipConfig(eps_low=0.2, eps_high=0.28)}.items():
+        engine = PolicyEngine(tiny_model, CFG, total_steps=10, world_size=1, with_reference=True)
+        passes = _counting_policy_passes(engine)
+        loss_cfg = PolicyLossConfig(objective=objective, correction=correction, kl=kl)
+        metrics, applied = train_step(engine, _batch(-2.9), loss_cfg, CFG.micro_batch_tokens)
+        assert applied and metrics["time/forward_backward_s"] > 0 and metrics["time/optimizer_s"] > 0
+        results[name] = (metrics, engine.named_weights(), passes)
+    (bapo, bapo_weights, bapo_passes), (ppo, ppo_weights, ppo_passes) = results["bapo"], results["ppo_clip"]
+    micro_batches = int(ppo["micro_batches"])
+    assert ppo_passes == [True] * micro_batches
+    assert bapo_passes == [False] * micro_batches + [True] * micro_batches
+    for key in ("loss", "grad_norm", "tis_weight_mean", "kl", "clip_frac_high", "entropy"):
+        assert ppo[key] == pytest.approx(bapo[key], rel=1e-6, abs=1e-9), key
+    for name, weight in ppo_weights.items():
+        torch.testing.assert_close(weight, bapo_weights[name], rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_a_nan_in_a_later_micro_batch_drops_the_gradients_already_accumulated(tiny_model, single_rank, stage):
+    """Without the no-grad pass, the first micro-batch is backpropagated before the NaN in the second
+    is seen: the step must still be skipped with nothing left over for the next one."""
+    cfg = CFG.model_copy(update={"zero_stage": stage})
+    loss_cfg = PolicyLossConfig()
+    engine = PolicyEngine(tiny_model, cfg, total_steps=10, world_size=1)
+    passes = _counting_policy_passes(engine)
+    before = engine.named_weights()
+    poisoned = _batch(-2.9, _group("w:nan", float("nan"), length=3))  # its rows sort into the last micro-batch
+    metrics, applied = train_step(engine, poisoned, loss_cfg, cfg.micro_batch_tokens)
+    assert not applied and np.isnan(metrics["loss"]) and passes == [True, True]  # one backward done, then the NaN
+    assert all(torch.equal(before[name], weight) for name, weight in engine.named_weights().items())
+    metrics, applied = train_step(engine, _batch(-2.9), loss_cfg, cfg.micro_batch_tokens)
+    fresh = PolicyEngine(tiny_model, cfg, total_steps=10, world_size=1)
+    fresh_metrics, _ = train_step(fresh, _batch(-2.9), loss_cfg, cfg.micro_batch_tokens)
     assert applied and metrics["grad_norm"] == pytest.approx(fresh_metrics["grad_norm"], rel=1e-6)
     expected = fresh.named_weights()
     for name, weight in engine.named_weights().items():
