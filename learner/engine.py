@@ -185,22 +185,16 @@ class PolicyEngine:
     def lr(self) -> float:
         return float(self.scheduler.get_last_lr()[0])
 
-    def named_weights(self, snapshot: bool = True) -> dict[str, torch.Tensor]:
-        """Full (gathered) CPU weights with HF names, for the rollout engines. snapshot=False skips
-        the copy where the parameters already are fp32 CPU tensors (the result then aliases them):
-        for a caller that consumes them before the next step, as publishing does (ray.put and the
-        broadcaster's buckets copy them)."""
+    def named_weights(self) -> dict[str, torch.Tensor]:
+        """Full (gathered) CPU weights with HF names, for the rollout engines: compact copies (under
+        ZeRO the parameters are views of one flat buffer, and serialising a view sends the buffer)."""
         import deepspeed
 
         # remove_duplicate=False keeps tied weights under every name (lm_head.weight too): vLLM's
         # in-place reload restores any layer it receives no weights for, leaving a stale LM head.
         params = list(self.engine.module.named_parameters(remove_duplicate=False))
         with deepspeed.zero.GatheredParameters([p for _, p in params], enabled=self.engine.zero_optimization_stage() == 3):
-            gathered = {name: p.detach().to("cpu", torch.float32) for name, p in params}
-            # Under ZeRO-3 the gathered storage is released on leaving this block: always a copy.
-            if snapshot or self.engine.zero_optimization_stage() == 3:
-                return {name: t.clone() for name, t in gathered.items()}
-            return gathered
+            return {name: p.detach().to("cpu", torch.float32).clone() for name, p in params}
 
     def save_checkpoint(self, directory: Path, tag: str, client_state: dict[str, Any]) -> None:
         """Model, optimizer, LR scheduler and step under `directory/tag`; `latest` names it.

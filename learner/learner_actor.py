@@ -198,7 +198,7 @@ class Learner:
         if self.rank != 0:
             return
         self.replay.set_learner_version(self.version, rewind)
-        weights = self.engine.named_weights(snapshot=False)
+        weights = self.engine.named_weights()
         refs = [] if self.broadcaster is not None else [ray.put(weights)]
         head = ray.get(self.channel.publish.remote(self.version, refs, rewind), timeout=PUBLISH_TIMEOUT_S)
         if self.broadcaster is not None:
