@@ -16,8 +16,6 @@ the median of the per-round ratios. Writes bench/results/learner.json and prints
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -27,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench._models import model_path
+from bench._common import model_path, write_report
 
 RESULTS = Path(__file__).resolve().parent / "results" / "learner.json"
 GROUPS, GROUP_SIZE, PROMPT_TOKENS, COMPLETION_TOKENS = 16, 8, 16, 40
@@ -138,11 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="tidal-learner-") as root:
         results = [measure(name, Path(root), rounds) for name in models]
-    report = {"settings": {"rounds": rounds, "threads": args.threads, "groups": GROUPS, "group_size": GROUP_SIZE,
-                           "prompt_tokens": PROMPT_TOKENS, "completion_tokens_max": COMPLETION_TOKENS},
-              "total_s": time.time() - started, "machine": {"platform": platform.platform()}, "results": results}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1))
+    settings = {"rounds": rounds, "threads": args.threads, "groups": GROUPS, "group_size": GROUP_SIZE,
+                "prompt_tokens": PROMPT_TOKENS, "completion_tokens_max": COMPLETION_TOKENS}
+    write_report(args.out, settings, started, results)
     print(f"{'model':>6} {'params':>7} {'ours tok/s':>11} {'plain tok/s':>12} {'ratio':>6} {'BAPO ratio':>11}")
     for row in results:
         print(f"{row['model']:>6} {row['params'] / 1e6:6.1f}M {row['ours_tokens_per_s']:11.0f} "

@@ -15,8 +15,6 @@ medians reported. Writes bench/results/weights.json and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -27,7 +25,7 @@ from pathlib import Path
 import ray
 import torch
 
-from bench._models import model_path
+from bench._common import model_path, write_report
 
 RESULTS = Path(__file__).resolve().parent / "results" / "weights.json"
 
@@ -139,10 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             ray.shutdown()
             stop_local_shards(shards)
-    report = {"settings": {"rounds": rounds, "models": models}, "total_s": time.time() - started,
-              "machine": {"platform": platform.platform()}, "results": results}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1))
+    write_report(args.out, {"rounds": rounds, "models": models}, started, results)
     for row in results:
         print(f"{row['model']:>5} {row['params'] / 1e6:6.1f}M {row['backend']:>12} x{row['workers']}: "
               f"{row['seconds_median']:.3f}s (copy {row['copy_seconds_median']:.4f}s, {row['ratio_to_copy']:.1f}x)")

@@ -51,6 +51,18 @@ def _counting_policy_passes(engine: PolicyEngine) -> list[bool]:
     return passes
 
 
+def _assert_next_step_is_a_first_step(engine, tiny_model, cfg, loss_cfg, with_reference: bool) -> None:
+    """After a skipped step, the next finite one is exactly the first step of a fresh engine: no
+    gradient, optimizer or scheduler state leaked from the skipped one."""
+    metrics, applied = train_step(engine, _batch(-2.9), loss_cfg, cfg.micro_batch_tokens)
+    fresh = PolicyEngine(tiny_model, cfg, total_steps=10, world_size=1, with_reference=with_reference)
+    fresh_metrics, _ = train_step(fresh, _batch(-2.9), loss_cfg, cfg.micro_batch_tokens)
+    assert applied and metrics["grad_norm"] == pytest.approx(fresh_metrics["grad_norm"], rel=1e-6)
+    expected = fresh.named_weights()
+    for name, weight in engine.named_weights().items():
+        torch.testing.assert_close(weight, expected[name], rtol=0, atol=1e-7)
+
+
 @pytest.fixture
 def engine(tiny_model, single_rank):
     return PolicyEngine(tiny_model, CFG, total_steps=10, world_size=1, with_reference=True)
@@ -78,15 +90,7 @@ def test_a_nan_loss_skips_the_step_and_leaves_no_trace(tiny_model, engine):
     after = engine.named_weights()
     assert all(torch.equal(before[name], after[name]) for name in before)
     assert engine.engine.global_steps == 0 and engine.lr == CFG.optim.lr
-    # The next finite step is exactly the first step of a fresh engine: no gradient, optimizer or
-    # scheduler state leaked from the skipped one.
-    metrics, applied = train_step(engine, _batch(-2.9), LOSS, CFG.micro_batch_tokens)
-    fresh = PolicyEngine(tiny_model, CFG, total_steps=10, world_size=1, with_reference=True)
-    fresh_metrics, _ = train_step(fresh, _batch(-2.9), LOSS, CFG.micro_batch_tokens)
-    assert applied and metrics["grad_norm"] == pytest.approx(fresh_metrics["grad_norm"], rel=1e-6)
-    expected = fresh.named_weights()
-    for name, weight in engine.named_weights().items():
-        torch.testing.assert_close(weight, expected[name], rtol=0, atol=1e-7)
+    _assert_next_step_is_a_first_step(engine, tiny_model, CFG, LOSS, with_reference=True)
 
 
 def test_only_bapo_pays_a_no_grad_pass_and_both_paths_make_the_same_update(tiny_model, single_rank):
@@ -125,13 +129,7 @@ def test_a_nan_in_a_later_micro_batch_drops_the_gradients_already_accumulated(ti
     metrics, applied = train_step(engine, poisoned, loss_cfg, cfg.micro_batch_tokens)
     assert not applied and np.isnan(metrics["loss"]) and passes == [True, True]  # one backward done, then the NaN
     assert all(torch.equal(before[name], weight) for name, weight in engine.named_weights().items())
-    metrics, applied = train_step(engine, _batch(-2.9), loss_cfg, cfg.micro_batch_tokens)
-    fresh = PolicyEngine(tiny_model, cfg, total_steps=10, world_size=1)
-    fresh_metrics, _ = train_step(fresh, _batch(-2.9), loss_cfg, cfg.micro_batch_tokens)
-    assert applied and metrics["grad_norm"] == pytest.approx(fresh_metrics["grad_norm"], rel=1e-6)
-    expected = fresh.named_weights()
-    for name, weight in engine.named_weights().items():
-        torch.testing.assert_close(weight, expected[name], rtol=0, atol=1e-7)
+    _assert_next_step_is_a_first_step(engine, tiny_model, cfg, loss_cfg, with_reference=False)
 
 
 def test_stage_0_reports_the_same_gradient_norm_as_zero_2(tiny_model, single_rank):

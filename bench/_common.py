@@ -1,7 +1,11 @@
-"""The models the stage benchmarks compare on: the demo model and a random ~30M-parameter Llama."""
+"""What the stage benchmarks share: the models they compare on (the demo model and a random
+~30M-parameter Llama) and how they write their results."""
 
 from __future__ import annotations
 
+import json
+import platform
+import time
 from pathlib import Path
 
 THIRTY_M = {"hidden_size": 512, "num_layers": 8, "num_heads": 8, "head_dim": 64, "intermediate_size": 1536}
@@ -29,3 +33,11 @@ def model_path(name: str, root: Path) -> tuple[str, int]:
 
     params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(path).parameters())
     return path, params
+
+
+def write_report(out: Path, settings: dict, started: float, results: list[dict]) -> None:
+    """bench/results/<name>.json: the settings, the rows, the total time and the machine."""
+    report = {"settings": settings, "total_s": time.time() - started, "machine": {"platform": platform.platform()},
+              "results": results}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
