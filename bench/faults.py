@@ -145,6 +145,9 @@ def run_with_fault(kind: str, steps: int, kill_step: int, seed: int, root: Path)
             left_behind = [p for p in driver.children(recursive=True)] if kind == "driver" else []
             victim.send_signal(signal.SIGKILL)
             killed_at = time.monotonic()
+            # Recovered: a step beyond every step recorded before the kill (a restored learner
+            # first redoes the steps since its checkpoint).
+            last_step = max(r.get("step", 0) for r in _records(run_dir))
             if kind == "driver":
                 process.wait(timeout=30)
                 process = _train(config_path, log, resume=run_dir)
@@ -152,12 +155,12 @@ def run_with_fault(kind: str, steps: int, kill_step: int, seed: int, root: Path)
                 result.leftover_after_resume = sum(p.is_running() and p.status() != psutil.STATUS_ZOMBIE
                                                    for p in left_behind)
             while time.monotonic() < deadline and process.poll() is None:
-                if result.recover_s is None and _recovered(kind, run_dir, kill_step, 2, 2):
+                if result.recover_s is None and _recovered(kind, run_dir, last_step, 2, 2):
                     result.recover_s = time.monotonic() - killed_at
                 time.sleep(0.2)
             result.exit_code = process.wait(timeout=max(deadline - time.monotonic(), 1))
             result.completed = result.exit_code == 0 and max(r.get("step", 0) for r in _records(run_dir)) == steps
-            if result.recover_s is None and _recovered(kind, run_dir, kill_step, 2, 2):
+            if result.recover_s is None and _recovered(kind, run_dir, last_step, 2, 2):
                 result.recover_s = time.monotonic() - killed_at
             records = _records(run_dir)
             evals = [r["eval_accuracy"] for r in records if "eval_accuracy" in r]
