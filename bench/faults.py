@@ -1,7 +1,8 @@
 """Fault injection: `tidal train` runs in which one component is killed with SIGKILL at a random step.
 
 Kinds: a rollout worker, a Redis shard, the learner rank, and the driver (then the run is resumed
-with `--resume`). Each run is the demo with fewer steps, as its own `tidal train` process; the
+with `--resume`); `none` is the control, the same run with nothing killed (what each seed
+learns without a fault). Each run is the demo with fewer steps, as its own `tidal train` process; the
 benchmark watches metrics.jsonl, kills the target when the chosen step is reached, and records
 whether the run completed, how long it took to recover, whether the demo still learned, the
 replay's ledger (acknowledged / trained / evicted / unaccounted) and, after a driver kill, which
@@ -10,6 +11,7 @@ bench/results/faults.json and prints a table.
 
     tidal bench faults                    # 5 runs of each kind (the README's table)
     tidal bench faults --reps 1 --kinds worker,driver --steps 40
+    tidal bench faults --kinds none --out bench/results/faults_control.json
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import yaml
 
 RESULTS = Path(__file__).resolve().parent / "results" / "faults.json"
 KINDS = ("worker", "shard", "learner", "driver")
+CONTROL = "none"  # the same run with nothing killed: what the seed learns without a fault
 TARGETS = {"worker": "ray::RolloutWorker", "learner": "ray::Learner", "shard": "redis-server"}
 RUN_TIMEOUT_S = 900.0
 
@@ -138,6 +141,9 @@ def run_with_fault(kind: str, steps: int, kill_step: int, seed: int, root: Path)
         process = _train(config_path, log)
         try:
             run_dir = _wait_for_step(process, run_root, kill_step, deadline)
+            if kind == CONTROL:
+                process.wait(timeout=max(deadline - time.monotonic(), 1))
+                return _finished(result, process, run_dir, steps, started)
             driver = psutil.Process(process.pid)
             victim = driver if kind == "driver" else _target(driver, kind)
             if victim is None:
@@ -158,17 +164,10 @@ def run_with_fault(kind: str, steps: int, kill_step: int, seed: int, root: Path)
                 if result.recover_s is None and _recovered(kind, run_dir, last_step, 2, 2):
                     result.recover_s = time.monotonic() - killed_at
                 time.sleep(0.2)
-            result.exit_code = process.wait(timeout=max(deadline - time.monotonic(), 1))
-            result.completed = result.exit_code == 0 and max(r.get("step", 0) for r in _records(run_dir)) == steps
+            process.wait(timeout=max(deadline - time.monotonic(), 1))
             if result.recover_s is None and _recovered(kind, run_dir, last_step, 2, 2):
                 result.recover_s = time.monotonic() - killed_at
-            records = _records(run_dir)
-            evals = [r["eval_accuracy"] for r in records if "eval_accuracy" in r]
-            result.first_eval, result.last_eval = (evals[0], evals[-1]) if evals else (None, None)
-            steps_seen = [r["step"] for r in records]
-            result.duplicate_steps = len(steps_seen) - len(set(steps_seen))
-            result.worker_restarts = int(max((r.get("workers/restarts", 0) for r in records), default=0))
-            result.ledger = _ledger(run_dir)
+            return _finished(result, process, run_dir, steps, started)
         except Exception as e:  # a failed run is a result of the benchmark, not its end
             result.error = f"{type(e).__name__}: {e}"
             os.killpg(process.pid, signal.SIGKILL) if process.poll() is None else None
@@ -176,9 +175,24 @@ def run_with_fault(kind: str, steps: int, kill_step: int, seed: int, root: Path)
     return result
 
 
+def _finished(result: FaultRun, process: subprocess.Popen, run_dir: Path, steps: int, started: float) -> FaultRun:
+    """What the ended run left: exit code, evaluations, duplicate steps, restarts, the ledger."""
+    records = _records(run_dir)
+    result.exit_code = process.returncode
+    result.completed = result.exit_code == 0 and max(r.get("step", 0) for r in records) == steps
+    evals = [r["eval_accuracy"] for r in records if "eval_accuracy" in r]
+    result.first_eval, result.last_eval = (evals[0], evals[-1]) if evals else (None, None)
+    steps_seen = [r["step"] for r in records]
+    result.duplicate_steps = len(steps_seen) - len(set(steps_seen))
+    result.worker_restarts = int(max((r.get("workers/restarts", 0) for r in records), default=0))
+    result.ledger = _ledger(run_dir)
+    result.wall_s = time.monotonic() - started
+    return result
+
+
 def summarize(results: list[FaultRun]) -> list[dict]:
     rows = []
-    for kind in KINDS:
+    for kind in (*KINDS, CONTROL):
         runs = [r for r in results if r.kind == kind]
         if not runs:
             continue
@@ -217,14 +231,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tidal bench faults", description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=5, help="runs of each kind")
     parser.add_argument("--steps", type=int, default=200, help="learner steps per run (200: the whole demo)")
-    parser.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated, of {', '.join(KINDS)}")
+    parser.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated, of {', '.join(KINDS)}, {CONTROL}")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     kinds = [k for k in args.kinds.split(",") if k]
-    unknown = set(kinds) - set(KINDS)
+    unknown = set(kinds) - {*KINDS, CONTROL}
     if unknown:
-        parser.error(f"unknown kinds {sorted(unknown)}; valid: {', '.join(KINDS)}")
+        parser.error(f"unknown kinds {sorted(unknown)}; valid: {', '.join(KINDS)}, {CONTROL} (nothing killed)")
     rng = random.Random(args.seed)
     started = time.time()
     results = []

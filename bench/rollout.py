@@ -1,0 +1,116 @@
+"""Rollout throughput: the episode loop against raw vLLM `generate` on the same prompts, on the
+demo model and on a ~30M-parameter model.
+
+One vLLM engine serves both sides, so engine settings cannot differ. Ours: the episode loop
+(actors/episode_loop.py) runs 32 groups of 8 single-turn arithmetic episodes (env, renderer,
+one request of n = 8 per group, rewards, trajectories) until every group is done. Raw: the same
+32 prompts, tokenized by the same renderer, through `LLM.generate` with n = 8 and the same
+sampling settings, the fastest a caller of vLLM gets. Rounds alternate (ours, raw); tokens/s is
+generated tokens over wall time; medians, and the ratio is the median of per-round ratios.
+Writes bench/results/rollout.json and prints a table.
+
+    tidal bench rollout            # both models (~3 minutes on 2 cores)
+    tidal bench rollout --quick    # the demo model, fewer rounds
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench._common import model_path, write_report
+
+RESULTS = Path(__file__).resolve().parent / "results" / "rollout.json"
+GROUPS, GROUP_SIZE = 32, 8
+
+
+def episode_loop_s(engine, renderer, tasks, env_cfg, rollout) -> tuple[float, int]:
+    """Seconds and generated tokens for every group through the episode loop."""
+    from actors.episode_loop import EpisodeLoop
+    from envs import EpisodeErrorCounter
+
+    loop = EpisodeLoop(engine, renderer, rollout.limits, EpisodeErrorCounter())
+    done = []
+    started = time.perf_counter()
+    for index, task in enumerate(tasks):
+        loop.start(f"g{index}", task, [env_cfg.build_env() for _ in range(GROUP_SIZE)], rollout.sampling, done.append)
+    while len(done) < len(tasks):
+        loop.pump()
+    seconds = time.perf_counter() - started
+    loop.close()
+    tokens = sum(int(t.loss_mask.sum()) for run in done for e in run.episodes for t in e.trajectories())
+    return seconds, tokens
+
+
+def raw_generate_s(engine, prompts: list[list[int]], rollout) -> tuple[float, int]:
+    """Seconds and generated tokens for the same prompts through vLLM's own batch call."""
+    from vllm.inputs import TokensPrompt
+
+    params = rollout.sampling.to_vllm(GROUP_SIZE, rollout.sampling.max_new_tokens)
+    started = time.perf_counter()
+    outputs = engine._llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+    seconds = time.perf_counter() - started
+    return seconds, sum(len(c.token_ids) for out in outputs for c in out.outputs)
+
+
+def measure(name: str, root: Path, rounds: int) -> dict:
+    from transformers import AutoTokenizer
+
+    from actors.config import EnvConfig, RolloutConfig
+    from actors.engine import VLLMEngine
+    from actors.rendering import make_renderer
+
+    path, params = model_path(name, root)
+    env_cfg, rollout = EnvConfig(), RolloutConfig()
+    tasks = [env_cfg.build_task_source().sample(np.random.default_rng(i), None) for i in range(GROUPS)]
+    renderer = make_renderer(AutoTokenizer.from_pretrained(path))
+    prompts = [renderer.first(env_cfg.build_env().reset(task)) for task in tasks]
+    engine = VLLMEngine(path, rollout.engine, seed=0)
+    rates: dict[str, list[float]] = {"ours": [], "raw": []}
+    for round_index in range(rounds + 1):  # round 0 warms up
+        for key, run in (("ours", lambda: episode_loop_s(engine, renderer, tasks, env_cfg, rollout)),
+                         ("raw", lambda: raw_generate_s(engine, prompts, rollout))):
+            seconds, tokens = run()
+            if round_index:
+                rates[key].append(tokens / seconds)
+    row = {"model": name, "params": params, "groups": GROUPS, "group_size": GROUP_SIZE,
+           "max_new_tokens": rollout.sampling.max_new_tokens,
+           "ours_tokens_per_s": statistics.median(rates["ours"]), "raw_tokens_per_s": statistics.median(rates["raw"]),
+           "ratio": statistics.median(o / r for o, r in zip(rates["ours"], rates["raw"]))}
+    print(f"rollout: {name} ({params / 1e6:.1f}M) ours {row['ours_tokens_per_s']:.0f} tok/s, raw vLLM "
+          f"{row['raw_tokens_per_s']:.0f}, ratio {row['ratio']:.2f}", file=sys.stderr)
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tidal bench rollout", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="the demo model only, 2 rounds")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    models = ["demo"] if args.quick else ["demo", "30M"]
+    rounds = 2 if args.quick else args.rounds
+    torch.set_num_threads(2)
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="tidal-rollout-") as root:
+        results = [measure(name, Path(root), rounds) for name in models]
+    write_report(args.out, {"rounds": rounds, "groups": GROUPS, "group_size": GROUP_SIZE}, started, results)
+    print(f"{'model':>6} {'params':>7} {'ours tok/s':>11} {'raw vLLM tok/s':>15} {'ratio':>6}")
+    for row in results:
+        print(f"{row['model']:>6} {row['params'] / 1e6:6.1f}M {row['ours_tokens_per_s']:11.0f} "
+              f"{row['raw_tokens_per_s']:15.0f} {row['ratio']:6.2f}")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
