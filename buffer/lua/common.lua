@@ -9,7 +9,7 @@ local K_SLOTS = ns .. ':slots'    -- leaf slot -> group id
 local K_FREE = ns .. ':free'      -- released leaf slots
 local K_FIFO = ns .. ':fifo'      -- group id by insertion sequence
 local K_BYPRIO = ns .. ':byprio'  -- group id by priority (lowest_priority remover)
-local K_BYVER = ns .. ':byver'    -- group id by newest policy version (staleness)
+local K_BYVER = ns .. ':byver'    -- group id by oldest policy version (staleness counts a group's oldest token)
 local K_QUARANTINE = ns .. ':quarantine'
 local K_LEDGER = ns .. ':ledger'  -- acked, left_<reason>, trained_groups, trained_uses
 local LEDGER_TTL_S = 7 * 86400    -- per-group ledger entries outlive the run's audit by days, not forever
@@ -114,7 +114,7 @@ local function remove_item(gid, reason)
   return true
 end
 
--- Groups whose newest token is more than max_staleness versions behind the learner.
+-- Groups whose oldest token is more than max_staleness versions behind the learner.
 local function evict_stale(learner_version)
   local cutoff = learner_version - cfg.max_staleness
   local victims = redis.call('ZRANGEBYSCORE', K_BYVER, '-inf', '(' .. cutoff)
