@@ -70,7 +70,8 @@ def measure(name: str, root: Path, rounds: int) -> dict:
 
     path, params = model_path(name, root)
     env_cfg, rollout = EnvConfig(), RolloutConfig()
-    tasks = [env_cfg.build_task_source().sample(np.random.default_rng(i), None) for i in range(GROUPS)]
+    source = env_cfg.build_task_source()
+    tasks = [source.sample(np.random.default_rng(i), None) for i in range(GROUPS)]
     renderer = make_renderer(AutoTokenizer.from_pretrained(path))
     prompts = [renderer.first(env_cfg.build_env().reset(task)) for task in tasks]
     engine = VLLMEngine(path, rollout.engine, seed=0)

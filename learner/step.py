@@ -176,18 +176,11 @@ def _forward(engine: PolicyEngine, w: MicroBatchWork, summed: dict[str, float]) 
 
 
 def _accumulate_gradients(engine: PolicyEngine, work: list[MicroBatchWork], num_backwards: int,
-                          summed: dict[str, float]) -> None:
-    """Backward of every micro-batch whose losses the ranks already agreed were finite."""
-    for w in work:
-        engine.backward(_forward(engine, w, summed))
-    for _ in range(num_backwards - len(work)):
-        engine.backward_padding()
-
-
-def _accumulate_checking_each(engine: PolicyEngine, work: list[MicroBatchWork], num_backwards: int,
-                              summed: dict[str, float]) -> bool:
-    """Forward, agree that the loss is finite on every rank, backward; micro-batch by micro-batch.
-    Returns False (gradients dropped, nothing applied) as soon as one rank had a non-finite loss."""
+                          summed: dict[str, float]) -> bool:
+    """Forward, agree that the loss is finite on every rank, backward; micro-batch by micro-batch
+    (a rank out of micro-batches runs padding backwards). Returns False (gradients dropped,
+    nothing applied) as soon as one rank had a non-finite loss. After BAPO's no-grad check it
+    cannot fail; the agreement is then one redundant scalar all-reduce per micro-batch."""
     for index in range(num_backwards):
         loss = _forward(engine, work[index], summed) if index < len(work) else None
         (any_rank_bad,) = _all_ranks([0.0 if loss is None or math.isfinite(float(loss.detach())) else 1.0], "max")
@@ -230,9 +223,7 @@ def train_step(engine: PolicyEngine, batch: TrainBatch, cfg: PolicyLossConfig, m
     if any_rank_bad:
         return _finished(summed, extra, math.nan), False
     summed = defaultdict(float, initial)
-    if checked_before:
-        _accumulate_gradients(engine, work, int(most_micro_batches), summed)
-    elif not _accumulate_checking_each(engine, work, int(most_micro_batches), summed):
+    if not _accumulate_gradients(engine, work, int(most_micro_batches), summed):
         return _finished(summed, extra, math.nan), False
     backward_done = time.perf_counter()
     metrics = _finished(summed, extra, math.nan)  # reduced over the ranks before the update, as ever
