@@ -30,6 +30,7 @@ from bench._common import model_path, write_report
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rollout.json"
 GROUPS, GROUP_SIZE = 32, 8
+ROUND_TIMEOUT_S = 300.0  # one round takes about a second on the demo model, 5 s on the 27M one
 
 
 def episode_loop_s(engine, renderer, tasks, env_cfg, rollout) -> tuple[float, int]:
@@ -42,7 +43,10 @@ def episode_loop_s(engine, renderer, tasks, env_cfg, rollout) -> tuple[float, in
     started = time.perf_counter()
     for index, task in enumerate(tasks):
         loop.start(f"g{index}", task, [env_cfg.build_env() for _ in range(GROUP_SIZE)], rollout.sampling, done.append)
+    deadline = started + ROUND_TIMEOUT_S
     while len(done) < len(tasks):
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"episode loop: {len(done)} of {len(tasks)} groups done after {ROUND_TIMEOUT_S:.0f}s")
         loop.pump()
     seconds = time.perf_counter() - started
     loop.close()
