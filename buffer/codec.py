@@ -1,7 +1,7 @@
 """Versioned binary format for a Group (never pickle: the replay is a shared network service).
 
 Layout of a payload:
-    fixed header  "<4sHII": MAGIC, SCHEMA_VERSION, length of the msgpack header, CRC32 of the rest
+    fixed header  "<4sHIQ": MAGIC, SCHEMA_VERSION, length of the msgpack header, XXH3-64 of the rest
     msgpack header: the scalar fields of the group and of each trajectory, the (prompt, completion)
                   lengths of each trajectory and the array table (field, dtype)
     array bytes:  raw little-endian arrays, field after field in ARRAY_FIELDS order, each field
@@ -14,19 +14,22 @@ CodecError naming the problem, so that the learner can quarantine a bad payload 
 from __future__ import annotations
 
 import struct
-import zlib
 from itertools import accumulate
 from typing import Any
 
 import msgpack
 import numpy as np
+import xxhash
 
 from buffer.errors import CodecError, SchemaError
 from buffer.schema import Group, Trajectory
 
 MAGIC = b"TDLG"
-SCHEMA_VERSION = 2  # 2: role and per-step rewards on each trajectory
-_FIXED = struct.Struct("<4sHII")
+SCHEMA_VERSION = 3  # 2: role and per-step rewards on each trajectory; 3: XXH3 checksum instead of CRC32
+_FIXED = struct.Struct("<4sHIQ")
+# XXH3 reads about 10x faster than zlib's CRC32 (2 us vs 20 us for a 110 KB group here), and every
+# payload is checksummed once on insert and once on each sample.
+checksum = xxhash.xxh3_64_intdigest
 
 # name -> little-endian dtype; prompt_ids has length P, the others the completion length C
 ARRAY_FIELDS: dict[str, np.dtype] = {
@@ -81,7 +84,7 @@ def encode_trajectories(header: dict[str, Any], trajectories: list[Trajectory]) 
     for name, dtype in ARRAY_FIELDS.items():
         chunks.extend(getattr(t, name).astype(dtype, copy=False).tobytes() for t in trajectories)
     body = b"".join(chunks)
-    return _FIXED.pack(MAGIC, SCHEMA_VERSION, len(packed), zlib.crc32(body)) + body
+    return _FIXED.pack(MAGIC, SCHEMA_VERSION, len(packed), checksum(body)) + body
 
 
 def encode_group(group: Group) -> bytes:
@@ -108,7 +111,7 @@ def _check_scalars(where: str, header: dict[str, Any], spec: dict[str, type | tu
 def _read_header(payload: bytes | bytearray | memoryview) -> tuple[dict[str, Any], int]:
     if len(payload) < _FIXED.size:
         raise CodecError(f"payload truncated: {len(payload)} bytes, shorter than the {_FIXED.size}-byte header")
-    magic, version, header_len, crc = _FIXED.unpack_from(payload, 0)
+    magic, version, header_len, expected_checksum = _FIXED.unpack_from(payload, 0)
     if magic != MAGIC:
         raise CodecError(f"bad magic {bytes(magic)!r}, expected {MAGIC!r}: not a Tidal group payload")
     if version != SCHEMA_VERSION:
@@ -116,7 +119,7 @@ def _read_header(payload: bytes | bytearray | memoryview) -> tuple[dict[str, Any
     body = memoryview(payload)[_FIXED.size :]
     if len(body) < header_len:
         raise CodecError(f"payload truncated: msgpack header needs {header_len} bytes, {len(body)} present")
-    if zlib.crc32(body) != crc:
+    if checksum(body) != expected_checksum:
         raise CodecError("checksum mismatch: payload corrupted or truncated")
     try:
         header = msgpack.unpackb(bytes(body[:header_len]), raw=False, strict_map_key=True)

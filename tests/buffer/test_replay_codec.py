@@ -1,14 +1,9 @@
-import struct
-import zlib
-
 import msgpack
 import numpy as np
 import pytest
 
 from buffer import CodecError, decode_group, encode_group
-from buffer.codec import MAGIC, SCHEMA_VERSION
-
-_FIXED = struct.Struct("<4sHII")
+from buffer.codec import _FIXED, MAGIC, SCHEMA_VERSION, checksum
 
 
 def _reframe(payload: bytes, edit_header) -> bytes:
@@ -18,7 +13,7 @@ def _reframe(payload: bytes, edit_header) -> bytes:
     edit_header(header)
     packed = msgpack.packb(header, use_bin_type=True)
     body = packed + payload[_FIXED.size + header_len:]
-    return _FIXED.pack(MAGIC, version, len(packed), zlib.crc32(body)) + body
+    return _FIXED.pack(MAGIC, version, len(packed), checksum(body)) + body
 
 
 def test_round_trip_keeps_every_field(make_group):
