@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import platform
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -41,3 +43,10 @@ def write_report(out: Path, settings: dict, started: float, results: list[dict])
               "results": results}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
+
+
+def wait_for_other_runs(bench: str, poll_s: float = 10.0) -> None:
+    """The cores are shared: never overlap a run with another person's `tidal train`."""
+    while subprocess.run(["pgrep", "-f", "tidal train"], capture_output=True).returncode == 0:
+        print(f"{bench}: another `tidal train` is running; waiting {poll_s:.0f}s", file=sys.stderr)
+        time.sleep(poll_s)

@@ -17,11 +17,12 @@ import argparse
 import json
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench._common import wait_for_other_runs
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -96,13 +97,6 @@ def summarize(curves: dict) -> dict:
     }
 
 
-def _wait_for_other_runs(poll_s: float = 10.0) -> None:
-    """The cores are shared: never overlap a run with another person's `tidal train`."""
-    while subprocess.run(["pgrep", "-f", "tidal train"], capture_output=True).returncode == 0:
-        print(f"staleness: another `tidal train` is running; waiting {poll_s:.0f}s", file=sys.stderr)
-        time.sleep(poll_s)
-
-
 def run_method(label: str, objective: dict, args: argparse.Namespace, run_root: Path) -> dict:
     from cluster.config import load_config
     from cluster.driver import train
@@ -110,7 +104,7 @@ def run_method(label: str, objective: dict, args: argparse.Namespace, run_root: 
 
     name = "staleness-" + "".join(c for c in label if c.isalnum() or c in ".-")
     cfg = load_config(None, run_overrides(name, objective, args.steps, args.seed, args.lr, args.eval_every, run_root))
-    _wait_for_other_runs()
+    wait_for_other_runs("staleness")
     print(f"staleness: {label}: {cfg.steps} steps", file=sys.stderr)
     started = time.time()
     run_dir = train(cfg)

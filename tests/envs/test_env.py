@@ -1,3 +1,5 @@
+import time
+
 import pytest
 
 from envs import (
@@ -27,6 +29,16 @@ def test_arithmetic_episode_is_one_step():
     assert result.error is None
     with pytest.raises(EpisodeStateError):
         env.step("68")  # the episode is over
+
+
+def test_arithmetic_step_latency_waits_before_scoring_and_rejects_a_negative_one():
+    env = make_env("arithmetic", step_latency_s=0.2)
+    env.reset(TASK)
+    started = time.monotonic()
+    assert env.step("68").reward == 1.0
+    assert time.monotonic() - started >= 0.2
+    with pytest.raises(ValueError, match="step_latency_s must be >= 0"):
+        make_env("arithmetic", step_latency_s=-1.0)
 
 
 def test_arithmetic_env_with_a_composite_reward():

@@ -1,0 +1,40 @@
+"""The async benchmark's pure helpers: time to target and the per-pair speedups."""
+
+from __future__ import annotations
+
+import runpy
+from pathlib import Path
+
+ASYNC = runpy.run_path(str(Path(__file__).resolve().parent.parent / "bench" / "async.py"))
+
+EVALS = [{"step": 0, "wall_s": 30.0, "eval_accuracy": 0.33}, {"step": 10, "wall_s": 36.0, "eval_accuracy": 0.71},
+         {"step": 20, "wall_s": 42.0, "eval_accuracy": 0.65}, {"step": 30, "wall_s": 48.0, "eval_accuracy": 0.80}]
+
+
+def test_time_to_target_counts_from_the_first_evaluation_to_the_first_one_at_target():
+    assert ASYNC["time_to_target"](EVALS, 0.70) == 6.0
+    assert ASYNC["time_to_target"](EVALS, 0.75) == 18.0
+    assert ASYNC["time_to_target"](EVALS, 0.90) is None
+
+
+def _run(mode: str, seed: int, seconds: float | None, case: str = "demo") -> dict:
+    return {"case": case, "mode": mode, "seed": seed, "time_to_target_s": seconds,
+            "initial_accuracy": 0.3, "final_accuracy": 0.8 if seconds else 0.6}
+
+
+def test_speedups_pair_runs_by_seed_and_name_a_missed_target():
+    runs = [_run("sync", 0, 30.0), _run("async", 0, 15.0), _run("async", 1, 20.0), _run("sync", 1, 30.0),
+            _run("sync", 2, None), _run("async", 2, 10.0)]
+    assert ASYNC["speedups"](runs) == [2.0, 1.5, None]
+    summary = ASYNC["summary"](runs, "demo")
+    assert summary["median_speedup"] == 1.75  # of the pairs that both reached the target
+    assert summary["sync_median_time_to_target_s"] == 30.0 and summary["async_median_time_to_target_s"] == 15.0
+    assert abs(summary["sync_median_gain"] - 0.5) < 1e-9
+
+
+def test_latency_case_slows_the_training_env_only():
+    overrides = ASYNC["case_overrides"]("latency", 0.3)
+    assert overrides["env"]["params"] == {"step_latency_s": 0.3}
+    assert overrides["eval"]["envs"] == [{"name": "arithmetic"}]  # evaluation without the latency
+    assert overrides["replay"] == {"max_times_sampled": 2}
+    assert ASYNC["case_overrides"]("demo", 0.3) == {}
