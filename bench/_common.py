@@ -50,3 +50,26 @@ def wait_for_other_runs(bench: str, poll_s: float = 10.0) -> None:
     while subprocess.run(["pgrep", "-f", "tidal train"], capture_output=True).returncode == 0:
         print(f"{bench}: another `tidal train` is running; waiting {poll_s:.0f}s", file=sys.stderr)
         time.sleep(poll_s)
+
+
+def time_to_target(evals: list[dict], target: float) -> float | None:
+    """Seconds from the first evaluation to the first one at or above `target`; None if none is."""
+    start = evals[0]["wall_s"]
+    return next((e["wall_s"] - start for e in evals if e["eval_accuracy"] >= target), None)
+
+
+def train_evaluations(bench: str, overrides: dict, label: str) -> tuple[list[dict], float]:
+    """One `tidal train` with `overrides` of the demo, after any other run: its evaluations
+    (step, wall_s, eval_accuracy) and the run's whole seconds."""
+    from cluster.config import load_config
+    from cluster.driver import train
+    from cluster.metrics import read_metrics
+
+    cfg = load_config(None, overrides | {"ray": {"include_dashboard": False}})  # 8265 may be another run's
+    wait_for_other_runs(bench)
+    print(f"{bench}: {label}: {cfg.steps} steps", file=sys.stderr)
+    started = time.time()
+    records = read_metrics(train(cfg) / "metrics.jsonl")
+    evals = [{"step": r["step"], "wall_s": r["wall_s"], "eval_accuracy": r["eval_accuracy"]}
+             for r in records if "eval_accuracy" in r]
+    return evals, time.time() - started

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench._common import wait_for_other_runs, write_report
+from bench._common import time_to_target, train_evaluations, write_report
 
 RESULTS = Path(__file__).resolve().parent / "results" / "async.json"
 TARGET = 0.70
@@ -37,31 +37,14 @@ def case_overrides(case: str, latency_s: float) -> dict:
             "replay": {"max_times_sampled": 2}}
 
 
-def time_to_target(evals: list[dict], target: float) -> float | None:
-    """Seconds from the first evaluation to the first one at or above `target`; None if none is."""
-    start = evals[0]["wall_s"]
-    return next((e["wall_s"] - start for e in evals if e["eval_accuracy"] >= target), None)
-
-
 def run_once(case: str, mode: str, seed: int, args: argparse.Namespace, run_root: Path) -> dict:
-    from cluster.config import load_config
-    from cluster.driver import train
-    from cluster.metrics import read_metrics
-
     overrides = case_overrides(case, args.latency)
-    cfg = load_config(None, {
+    evals, run_s = train_evaluations("async", {
         "name": f"async-bench-{case}-{mode}-{seed}", "mode": mode, "seed": seed, "steps": args.steps,
         "run_root": str(run_root), "learner": {"seed": seed}, **overrides,
         "eval": {"every": args.eval_every, **overrides.get("eval", {})},
-        "ray": {"include_dashboard": False},  # port 8265 may belong to another run on this machine
-    })
-    wait_for_other_runs("async")
-    print(f"async: {case} {mode} seed {seed}: {cfg.steps} steps", file=sys.stderr)
-    started = time.time()
-    records = read_metrics(train(cfg) / "metrics.jsonl")
-    evals = [{"step": r["step"], "wall_s": r["wall_s"], "eval_accuracy": r["eval_accuracy"]}
-             for r in records if "eval_accuracy" in r]
-    return {"case": case, "mode": mode, "seed": seed, "run_s": time.time() - started,
+    }, f"{case} {mode} seed {seed}")
+    return {"case": case, "mode": mode, "seed": seed, "run_s": run_s,
             "first_eval_wall_s": evals[0]["wall_s"], "time_to_target_s": time_to_target(evals, args.target),
             "initial_accuracy": evals[0]["eval_accuracy"], "final_accuracy": evals[-1]["eval_accuracy"],
             "evals": evals}

@@ -1,4 +1,4 @@
-"""The async benchmark's pure helpers: time to target and the per-pair speedups."""
+"""The async and trl benchmarks' pure helpers: time to target, per-pair speedups, medians."""
 
 from __future__ import annotations
 
@@ -38,3 +38,16 @@ def test_latency_case_slows_the_training_env_only():
     assert overrides["eval"]["envs"] == [{"name": "arithmetic"}]  # evaluation without the latency
     assert overrides["replay"] == {"max_times_sampled": 2}
     assert ASYNC["case_overrides"]("demo", 0.3) == {}
+
+
+TRL = runpy.run_path(str(Path(__file__).resolve().parent.parent / "bench" / "trl.py"))
+
+
+def test_trl_summary_takes_medians_per_system_over_the_runs_that_reached_the_target():
+    runs = [{"system": "tidal", "time_to_target_s": 20.0, "startup_s": 20.0, "final_accuracy": 0.8},
+            {"system": "tidal", "time_to_target_s": None, "startup_s": 22.0, "final_accuracy": 0.6},
+            {"system": "trl", "time_to_target_s": 10.0, "startup_s": 3.0, "final_accuracy": 0.75},
+            {"system": "trl", "time_to_target_s": 14.0, "startup_s": 5.0, "final_accuracy": 0.77}]
+    summary = TRL["summary"](runs)
+    assert summary["tidal_median_time_to_target_s"] == 20.0 and summary["trl_median_time_to_target_s"] == 12.0
+    assert summary["tidal_median_startup_s"] == 21.0 and summary["trl_median_final_accuracy"] == 0.76

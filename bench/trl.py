@@ -1,0 +1,130 @@
+"""Tidal vs TRL's GRPOTrainer: time to held-out pass@1 0.70 on the demo, side by side.
+
+TRL runs in its own virtualenv (`--trl-venv`, created with torch 2.13.0 and trl from PyPI on first
+use) through bench/_trl_grpo.py, one process, on the same demo model, training split, held-out
+set, scoring rule and RL settings as `tidal train` (16 prompts x 8 samples per step, lr 2e-4,
+constant, clip [0.8, 1.28], token-mean loss, no KL, group-normalised advantages, at most 8 new
+tokens, T=1). Pairs alternate which goes first. Time to target counts from each run's first
+evaluation (training only); start-up is reported beside it. Writes bench/results/trl.json.
+
+    tidal bench trl                        # 2 pairs (~10 minutes on 2 cores after the venv exists)
+    tidal bench trl --pairs 1 --steps 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench._common import time_to_target, train_evaluations, wait_for_other_runs, write_report
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results" / "trl.json"
+RUNNER = ROOT / "bench" / "_trl_grpo.py"
+TARGET = 0.70
+
+
+def ensure_trl_venv(venv: Path) -> Path:
+    python = venv / "bin" / "python"
+    if not python.exists():
+        print(f"trl: creating {venv} (torch 2.13.0 + trl from PyPI)", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "torch==2.13.0", "trl"], check=True)
+    return python
+
+
+def trl_spec(args: argparse.Namespace, seed: int, work: Path) -> dict:
+    """The demo's model, data and RL settings (cluster/config.py defaults) for the TRL runner."""
+    from cluster.config import RunConfig
+    from cluster.demo_model import build_demo_model
+    from envs.tasks import ArithmeticTasks
+
+    demo = RunConfig()
+    tasks = ArithmeticTasks(**demo.env.task_params)
+    train, held_out = tasks.train_tasks(), tasks.eval_tasks()
+    objective = demo.loss.objective
+    return {
+        "model_path": str(build_demo_model(seed=demo.seed, settings=demo.model.demo)), "seed": seed,
+        "train_prompts": [t.prompt for t in train], "train_answers": [t.answer for t in train],
+        "eval_prompts": [t.prompt for t in held_out], "eval_answers": [t.answer for t in held_out],
+        "steps": args.steps, "eval_every": args.eval_every, "lr": demo.learner.optim.lr,
+        "prompts_per_step": demo.learner.groups_per_step, "group_size": demo.rollout.group_size,
+        "max_new_tokens": demo.rollout.sampling.max_new_tokens, "eps_low": objective.eps_low,
+        "eps_high": objective.eps_high, "torch_threads": args.torch_threads,
+        "output_dir": str(work / f"trl-{seed}"), "output": str(work / f"trl-{seed}.json"),
+    }
+
+
+def run_trl(python: Path, args: argparse.Namespace, seed: int, work: Path) -> dict:
+    spec = trl_spec(args, seed, work)
+    spec_path = work / f"trl-{seed}-spec.json"
+    spec_path.write_text(json.dumps(spec))
+    wait_for_other_runs("trl")
+    print(f"trl: TRL GRPOTrainer seed {seed}: {args.steps} steps", file=sys.stderr)
+    started = time.time()
+    # -P: not bench/ first on the path, where this file would shadow the trl package
+    subprocess.run([str(python), "-P", str(RUNNER), str(spec_path)], check=True, timeout=args.run_timeout_s)
+    result = json.loads(Path(spec["output"]).read_text())
+    return {"system": "trl", "seed": seed, "run_s": time.time() - started, "startup_s": result["startup_s"],
+            "trl_version": result["trl_version"], **_outcome(result["evals"], args.target)}
+
+
+def run_tidal(args: argparse.Namespace, seed: int, work: Path) -> dict:
+    evals, run_s = train_evaluations("trl", {
+        "name": f"trl-bench-tidal-{seed}", "seed": seed, "steps": args.steps, "run_root": str(work),
+        "learner": {"seed": seed}, "eval": {"every": args.eval_every}}, f"tidal train seed {seed}")
+    return {"system": "tidal", "seed": seed, "run_s": run_s, "startup_s": evals[0]["wall_s"],
+            **_outcome(evals, args.target)}
+
+
+def _outcome(evals: list[dict], target: float) -> dict:
+    return {"time_to_target_s": time_to_target(evals, target), "initial_accuracy": evals[0]["eval_accuracy"],
+            "final_accuracy": evals[-1]["eval_accuracy"], "train_s": evals[-1]["wall_s"] - evals[0]["wall_s"],
+            "evals": evals}
+
+
+def summary(runs: list[dict]) -> dict:
+    def median_of(system: str, key: str) -> float | None:
+        values = [r[key] for r in runs if r["system"] == system and r[key] is not None]
+        return statistics.median(values) if values else None
+
+    return {f"{system}_median_{key}": median_of(system, key)
+            for system in ("tidal", "trl") for key in ("time_to_target_s", "startup_s", "final_accuracy")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tidal bench trl", description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=200, help="learner steps per run (the demo's)")
+    parser.add_argument("--eval-every", type=int, default=10)
+    parser.add_argument("--target", type=float, default=TARGET)
+    parser.add_argument("--torch-threads", type=int, default=2, help="TRL's torch threads (the machine's cores)")
+    parser.add_argument("--trl-venv", type=Path, default=ROOT / ".venv-trl")
+    parser.add_argument("--run-timeout-s", type=float, default=1800.0, help="bound on one TRL run")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    python, started, runs = ensure_trl_venv(args.trl_venv), time.time(), []
+    with tempfile.TemporaryDirectory(prefix="tidal-trl-") as work:
+        for seed in range(args.pairs):
+            for system in ("tidal", "trl") if seed % 2 == 0 else ("trl", "tidal"):
+                run = run_tidal if system == "tidal" else lambda a, s, w: run_trl(python, a, s, w)
+                runs.append(run(args, seed, Path(work)))
+    result = summary(runs)
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    write_report(args.output, settings, started, [result, *runs])
+    print(f"{'system':>6} {'seed':>4} {'start-up s':>10} {'s to target':>11} {'final pass@1':>12}")
+    for r in runs:
+        reached = f"{r['time_to_target_s']:.1f}" if r["time_to_target_s"] is not None else "missed"
+        print(f"{r['system']:>6} {r['seed']:>4} {r['startup_s']:>10.1f} {reached:>11} {r['final_accuracy']:>12.3f}")
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
