@@ -42,12 +42,17 @@ def write_report(out: Path, settings: dict, started: float, results: list[dict])
     report = {"settings": settings, "total_s": time.time() - started, "machine": {"platform": platform.platform()},
               "results": results}
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
+    out.write_text(json.dumps(report, indent=1, default=str))  # default: Paths among the settings
 
 
-def wait_for_other_runs(bench: str, poll_s: float = 10.0) -> None:
-    """The cores are shared: never overlap a run with another person's `tidal train`."""
-    while subprocess.run(["pgrep", "-f", "tidal train"], capture_output=True).returncode == 0:
+def wait_for_other_runs(bench: str, poll_s: float = 10.0, max_wait_s: float = 3600.0) -> None:
+    """The cores are shared: never overlap a run with another person's `tidal train`; give up
+    after `max_wait_s`, naming the processes that held the machine."""
+    deadline = time.monotonic() + max_wait_s
+    while (other := subprocess.run(["pgrep", "-f", "tidal train"], capture_output=True, text=True)).returncode == 0:
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"{bench}: another `tidal train` (pid {', '.join(other.stdout.split())}) has been "
+                               f"running for over {max_wait_s:.0f}s; stop it or run the benchmark later")
         print(f"{bench}: another `tidal train` is running; waiting {poll_s:.0f}s", file=sys.stderr)
         time.sleep(poll_s)
 
@@ -56,6 +61,12 @@ def time_to_target(evals: list[dict], target: float) -> float | None:
     """Seconds from the first evaluation to the first one at or above `target`; None if none is."""
     start = evals[0]["wall_s"]
     return next((e["wall_s"] - start for e in evals if e["eval_accuracy"] >= target), None)
+
+
+def outcome(evals: list[dict], target: float) -> dict:
+    """What a run's evaluations say: time to `target`, first and last held-out accuracy, the curve."""
+    return {"time_to_target_s": time_to_target(evals, target), "initial_accuracy": evals[0]["eval_accuracy"],
+            "final_accuracy": evals[-1]["eval_accuracy"], "evals": evals}
 
 
 def train_evaluations(bench: str, overrides: dict, label: str) -> tuple[list[dict], float]:

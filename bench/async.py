@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench._common import time_to_target, train_evaluations, write_report
+from bench._common import outcome, train_evaluations, write_report
 
 RESULTS = Path(__file__).resolve().parent / "results" / "async.json"
 TARGET = 0.70
@@ -44,10 +44,8 @@ def run_once(case: str, mode: str, seed: int, args: argparse.Namespace, run_root
         "run_root": str(run_root), "learner": {"seed": seed}, **overrides,
         "eval": {"every": args.eval_every, **overrides.get("eval", {})},
     }, f"{case} {mode} seed {seed}")
-    return {"case": case, "mode": mode, "seed": seed, "run_s": run_s,
-            "first_eval_wall_s": evals[0]["wall_s"], "time_to_target_s": time_to_target(evals, args.target),
-            "initial_accuracy": evals[0]["eval_accuracy"], "final_accuracy": evals[-1]["eval_accuracy"],
-            "evals": evals}
+    return {"case": case, "mode": mode, "seed": seed, "run_s": run_s, "first_eval_wall_s": evals[0]["wall_s"],
+            **outcome(evals, args.target)}
 
 
 def speedups(runs: list[dict]) -> list[float | None]:
@@ -92,8 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                 for mode in ("sync", "async") if seed % 2 == 0 else ("async", "sync"):
                     runs.append(run_once(case, mode, seed, args, Path(run_root)))
     summaries = [summary(runs, case) for case in args.cases]
-    settings = {k: v for k, v in vars(args).items() if k != "output"} | {"output": str(args.output)}
-    write_report(args.output, settings, started, summaries + runs)
+    write_report(args.output, vars(args), started, summaries + runs)
     print(f"{'case':>8} {'sync s':>8} {'async s':>8} {'speedup (median)':>17}  per pair")
     for s in summaries:
         cells = [f"{s[f'{m}_median_time_to_target_s']:.1f}" if s[f"{m}_median_time_to_target_s"] is not None

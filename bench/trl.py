@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench._common import time_to_target, train_evaluations, wait_for_other_runs, write_report
+from bench._common import outcome, train_evaluations, wait_for_other_runs, write_report
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "trl.json"
@@ -30,12 +30,15 @@ RUNNER = ROOT / "bench" / "_trl_grpo.py"
 TARGET = 0.70
 
 
-def ensure_trl_venv(venv: Path) -> Path:
+def ensure_trl_venv(venv: Path, timeout_s: float) -> Path:
+    """TRL's own virtualenv, created (or completed, after an install that broke off) on first use."""
     python = venv / "bin" / "python"
-    if not python.exists():
-        print(f"trl: creating {venv} (torch 2.13.0 + trl from PyPI)", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "torch==2.13.0", "trl"], check=True)
+    if python.exists() and subprocess.run([str(python), "-c", "import trl"], capture_output=True,
+                                          timeout=timeout_s).returncode == 0:
+        return python
+    print(f"trl: installing torch 2.13.0 and trl from PyPI into {venv}", file=sys.stderr)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=timeout_s)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "torch==2.13.0", "trl"], check=True, timeout=timeout_s)
     return python
 
 
@@ -72,7 +75,7 @@ def run_trl(python: Path, args: argparse.Namespace, seed: int, work: Path) -> di
     subprocess.run([str(python), "-P", str(RUNNER), str(spec_path)], check=True, timeout=args.run_timeout_s)
     result = json.loads(Path(spec["output"]).read_text())
     return {"system": "trl", "seed": seed, "run_s": time.time() - started, "startup_s": result["startup_s"],
-            "trl_version": result["trl_version"], **_outcome(result["evals"], args.target)}
+            "trl_version": result["trl_version"], **_timed_outcome(result["evals"], args.target)}
 
 
 def run_tidal(args: argparse.Namespace, seed: int, work: Path) -> dict:
@@ -80,13 +83,11 @@ def run_tidal(args: argparse.Namespace, seed: int, work: Path) -> dict:
         "name": f"trl-bench-tidal-{seed}", "seed": seed, "steps": args.steps, "run_root": str(work),
         "learner": {"seed": seed}, "eval": {"every": args.eval_every}}, f"tidal train seed {seed}")
     return {"system": "tidal", "seed": seed, "run_s": run_s, "startup_s": evals[0]["wall_s"],
-            **_outcome(evals, args.target)}
+            **_timed_outcome(evals, args.target)}
 
 
-def _outcome(evals: list[dict], target: float) -> dict:
-    return {"time_to_target_s": time_to_target(evals, target), "initial_accuracy": evals[0]["eval_accuracy"],
-            "final_accuracy": evals[-1]["eval_accuracy"], "train_s": evals[-1]["wall_s"] - evals[0]["wall_s"],
-            "evals": evals}
+def _timed_outcome(evals: list[dict], target: float) -> dict:
+    return outcome(evals, target) | {"train_s": evals[-1]["wall_s"] - evals[0]["wall_s"]}
 
 
 def summary(runs: list[dict]) -> dict:
@@ -106,18 +107,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", type=float, default=TARGET)
     parser.add_argument("--torch-threads", type=int, default=2, help="TRL's torch threads (the machine's cores)")
     parser.add_argument("--trl-venv", type=Path, default=ROOT / ".venv-trl")
-    parser.add_argument("--run-timeout-s", type=float, default=1800.0, help="bound on one TRL run")
+    parser.add_argument("--run-timeout-s", type=float, default=1800.0,
+                        help="bound on one TRL run, and on each step of installing its virtualenv")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    python, started, runs = ensure_trl_venv(args.trl_venv), time.time(), []
+    python, started, runs = ensure_trl_venv(args.trl_venv, args.run_timeout_s), time.time(), []
     with tempfile.TemporaryDirectory(prefix="tidal-trl-") as work:
         for seed in range(args.pairs):
             for system in ("tidal", "trl") if seed % 2 == 0 else ("trl", "tidal"):
-                run = run_tidal if system == "tidal" else lambda a, s, w: run_trl(python, a, s, w)
-                runs.append(run(args, seed, Path(work)))
-    result = summary(runs)
-    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    write_report(args.output, settings, started, [result, *runs])
+                runs.append(run_tidal(args, seed, Path(work)) if system == "tidal"
+                            else run_trl(python, args, seed, Path(work)))
+    write_report(args.output, vars(args), started, [summary(runs), *runs])
     print(f"{'system':>6} {'seed':>4} {'start-up s':>10} {'s to target':>11} {'final pass@1':>12}")
     for r in runs:
         reached = f"{r['time_to_target_s']:.1f}" if r["time_to_target_s"] is not None else "missed"

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import runpy
+import subprocess
 from pathlib import Path
+
+import pytest
+
+from bench._common import outcome, time_to_target, wait_for_other_runs
 
 ASYNC = runpy.run_path(str(Path(__file__).resolve().parent.parent / "bench" / "async.py"))
 
@@ -12,9 +17,24 @@ EVALS = [{"step": 0, "wall_s": 30.0, "eval_accuracy": 0.33}, {"step": 10, "wall_
 
 
 def test_time_to_target_counts_from_the_first_evaluation_to_the_first_one_at_target():
-    assert ASYNC["time_to_target"](EVALS, 0.70) == 6.0
-    assert ASYNC["time_to_target"](EVALS, 0.75) == 18.0
-    assert ASYNC["time_to_target"](EVALS, 0.90) is None
+    assert time_to_target(EVALS, 0.70) == 6.0
+    assert time_to_target(EVALS, 0.75) == 18.0
+    assert time_to_target(EVALS, 0.90) is None
+
+
+def test_outcome_keeps_first_and_last_accuracy_and_the_curve():
+    assert outcome(EVALS, 0.75) == {"time_to_target_s": 18.0, "initial_accuracy": 0.33, "final_accuracy": 0.80,
+                                    "evals": EVALS}
+
+
+def test_the_wait_for_another_run_is_bounded_and_names_its_pid():
+    other = subprocess.Popen(["bash", "-c", "exec -a 'tidal train (a test stand-in)' sleep 30"])
+    try:
+        with pytest.raises(RuntimeError, match=rf"another `tidal train` \(pid [0-9, ]*{other.pid}"):
+            wait_for_other_runs("test", poll_s=0.05, max_wait_s=0.2)
+    finally:
+        other.kill()
+        other.wait()
 
 
 def _run(mode: str, seed: int, seconds: float | None, case: str = "demo") -> dict:
