@@ -40,7 +40,7 @@ def test_extract_curves_keeps_columns_aligned_when_a_key_is_missing():
 
 
 def test_summarize_by_hand():
-    summary = STALENESS["summarize"](STALENESS["extract_curves"](RECORDS))
+    summary = STALENESS["summarize"](STALENESS["extract_curves"](RECORDS), (0.6, 1.2))
     assert summary["initial_eval_accuracy"] == 0.25
     assert summary["final_eval_accuracy"] == 0.625
     assert summary["final_eval_accuracy_greedy"] == 0.875
@@ -51,32 +51,58 @@ def test_summarize_by_hand():
     assert summary["staleness_mean_second_half"] == pytest.approx((4 + 6) / 2)
     assert summary["steps"] == 4
     assert summary["wall_s"] == 5.0
+    assert summary["bounds_moved_share"] == 0.5  # steps 2 and 3 left [0.6, 1.2]
+    assert summary["c_high_max"] == 3.0
+
+
+def test_spread_over_seeds_by_hand():
+    runs = [{"summary": {key: value for key in STALENESS["SPREAD_KEYS"]}} for value in (0.2, 0.4, 0.9)]
+    row = STALENESS["spread"](runs)["final_eval_accuracy"]
+    assert row["mean"] == pytest.approx(0.5)
+    assert row["std"] == pytest.approx(((0.3 ** 2 + 0.1 ** 2 + 0.4 ** 2) / 2) ** 0.5)
+    assert (row["min"], row["max"]) == (0.2, 0.9)
+
+
+def test_aggregate_groups_runs_by_level_and_method():
+    def run(level, method, seed, accuracy):
+        return {"level": level, "method": method, "seed": seed,
+                "summary": {key: accuracy for key in STALENESS["SPREAD_KEYS"]}}
+
+    runs = [run(4, "a", 0, 0.1), run(4, "a", 1, 0.3), run(8, "a", 0, 0.7), run(4, "b", 0, 0.5)]
+    table = STALENESS["aggregate"](runs)
+    assert table[4]["a"]["seeds"] == [0, 1]
+    assert table[4]["a"]["final_eval_accuracy"]["mean"] == pytest.approx(0.2)
+    assert table[8]["a"]["final_eval_accuracy"]["std"] == 0.0  # one seed: no spread
+    assert table[4]["b"]["min_entropy"]["max"] == 0.5
 
 
 def test_summarize_rejects_a_run_without_evaluations():
     without_eval = [{k: v for k, v in r.items() if not k.startswith("eval_")} for r in RECORDS]
     with pytest.raises(ValueError, match="0 evaluations"):
-        STALENESS["summarize"](STALENESS["extract_curves"](without_eval))
+        STALENESS["summarize"](STALENESS["extract_curves"](without_eval), (0.6, 1.2))
 
 
 def test_methods_differ_only_in_the_objective_and_validate():
     from cluster.config import load_config
 
-    configs = {label: load_config(None, STALENESS["run_overrides"]("m", objective, 7, 3, 5e-4, 5, Path("/tmp/x")))
+    configs = {label: load_config(None, STALENESS["run_overrides"]("m", objective, 8, 7, 3, 5e-4, 5, Path("/tmp/x")))
                for label, objective in STALENESS["METHODS"].items()}
     bounds = {label: cfg.loss.objective.fixed_bounds() for label, cfg in configs.items()}
     assert bounds["fixed [0.8, 1.2]"] == pytest.approx((0.8, 1.2))
     assert bounds["clip-higher [0.8, 1.28]"] == pytest.approx((0.8, 1.28))
-    assert configs["BAPO"].loss.objective.name == "bapo"
+    assert configs["BAPO rho0 0.4"].loss.objective.rho0 == 0.4
+    assert configs["BAPO rho0 0.6"].loss.objective.rho0 == 0.6
     dumps = [cfg.model_dump(exclude={"loss"}) for cfg in configs.values()]
     assert all(d == dumps[0] for d in dumps)  # same seed, steps, lr, replay and rollout settings
-    cfg = configs["BAPO"]
+    cfg = configs["BAPO rho0 0.6"]
     assert (cfg.steps, cfg.seed, cfg.learner.seed, cfg.learner.optim.lr) == (7, 3, 3, 5e-4)
-    assert (cfg.replay.selector, cfg.replay.max_times_sampled) == ("fifo", 2)
+    assert (cfg.replay.selector, cfg.replay.max_times_sampled, cfg.replay.max_staleness) == ("fifo", 2, 12)
+    assert (cfg.rollout.max_staleness, cfg.rollout.partial) == (6, True)
     assert cfg.ray.include_dashboard is False
 
 
 def test_quick_flag_shrinks_the_run():
     args = STALENESS["parse_args"](["--quick"])
-    assert args.quick and args.steps < 20
+    assert args.quick and args.steps < 20 and args.seeds == [0] and args.levels == [4]
+    assert STALENESS["parse_args"]([]).seeds == [0, 1, 2]
     assert STALENESS["parse_args"](["--steps", "33"]).steps == 33
