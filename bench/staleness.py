@@ -45,7 +45,7 @@ METHODS: dict[str, dict] = {  # label -> loss.objective override; dual clip (3.0
 # first; the replay drops only groups older than `drop` versions, so what is sampled is used.
 LEVELS: dict[int, dict] = {  # nominal staleness -> overrides; the achieved figure is measured
     4: {"ahead": 2, "drop": 6},
-    8: {"ahead": 6, "drop": 12},
+    8: {"ahead": 4, "drop": 14},
 }
 
 STEP_KEYS = ("step", "wall_s", "entropy", "reward_mean", "staleness_mean", "c_low", "c_high", "bapo_rho")

@@ -96,8 +96,8 @@ def test_methods_differ_only_in_the_objective_and_validate():
     assert all(d == dumps[0] for d in dumps)  # same seed, steps, lr, replay and rollout settings
     cfg = configs["BAPO rho0 0.6"]
     assert (cfg.steps, cfg.seed, cfg.learner.seed, cfg.learner.optim.lr) == (7, 3, 3, 5e-4)
-    assert (cfg.replay.selector, cfg.replay.max_times_sampled, cfg.replay.max_staleness) == ("fifo", 2, 12)
-    assert (cfg.rollout.max_staleness, cfg.rollout.partial) == (6, True)
+    assert (cfg.replay.selector, cfg.replay.max_times_sampled, cfg.replay.max_staleness) == ("fifo", 2, 14)
+    assert (cfg.rollout.max_staleness, cfg.rollout.partial) == (4, True)
     assert cfg.ray.include_dashboard is False
 
 
