@@ -178,13 +178,18 @@ class RolloutWorker:
             self._shutdown()
 
     def _take_jobs(self) -> bool:
-        """Apply the jobs that arrived; True once the worker should end."""
+        """Apply the jobs that arrived; True once the worker should end.
+
+        An idle worker blocks here for its next job, but only until one arrives: the jobs behind it
+        are taken without waiting, and a worker that owes a `sync_weights` answer never blocks (each
+        wait would add its whole timeout to every sync-mode step)."""
+        block = self.loop.idle and not (self._producing or self._quota or self._weight_waiters)
         while True:
             try:
-                kind, value = self._jobs.get(block=self.loop.idle and not self._producing and not self._quota,
-                                             timeout=0.05)
+                kind, value = self._jobs.get(block=block, timeout=0.05)
             except queue.Empty:
                 break
+            block = False
             if kind == "produce":
                 self._producing = True
             elif kind == "quota":
@@ -244,7 +249,7 @@ class RolloutWorker:
             task = self.tasks.sample(self.rng, category)
             self._sequence += 1
             self.loop.start(f"{self.name}:{self._sequence}", task, self._envs(self.cfg.group_size),
-                            self.cfg.sampling, self._group_finished)
+                            self.cfg.sampling, self._group_finished, inline=self.env_cfg.inline_calls)
             self._training_groups += 1
 
     def _start_episodes(self, job: _EpisodesJob) -> None:
@@ -257,7 +262,8 @@ class RolloutWorker:
                     self._episode_jobs.remove(job)
                     job.future.set_result(self.weights.version)
 
-            self.loop.start(f"{self.name}:e{self._sequence}:{index}", task, self._envs(1, job.env), sampling, done)
+            self.loop.start(f"{self.name}:e{self._sequence}:{index}", task, self._envs(1, job.env), sampling, done,
+                            inline=job.env.inline_calls)
 
     def _envs(self, count: int, env: EnvConfig | None = None) -> list[SafeEnv]:
         return [SafeEnv((env or self.env_cfg).build_env(), self.errors) for _ in range(count)]
