@@ -21,6 +21,11 @@ class EnvConfig(BaseModel):
     task_source: str = "arithmetic"
     """A registered task source (envs.TASK_SOURCES)."""
     task_params: dict[str, Any] = {}
+    inline_calls: bool = False
+    """Call reset and step on the engine's thread instead of the env-call threads: for envs that
+    are pure computation (microseconds a call), where a thread hand-off costs more than the call.
+    An inline call has no wall-clock limit (step_timeout_s), so leave it off for tools, sandboxes
+    and slow reward code. The built-in demo turns it on; an env section you write has it off."""
 
     @model_validator(mode="after")
     def _buildable(self) -> "EnvConfig":

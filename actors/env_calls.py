@@ -5,6 +5,12 @@ so a slow tool delays only its own episode and never the engine. A call past its
 answered with `EnvCallTimeout` and abandoned: Python cannot stop a thread, so its thread may stay
 stuck in user code. Those lost threads are counted, and once half of the pool is lost a fresh
 pool takes over (the stuck threads are left to finish or hang on their own).
+
+An env that is pure computation (the demo's arithmetic: microseconds a call) can be called
+inline instead: on the caller's thread, at submit, its answer handed out by the next poll like
+any other. A thread hand-off costs more than such a call, and the loop pays it twice an
+episode; an inline call has no wall-clock limit, so tools, sandboxes and user reward code
+stay on the threads.
 """
 
 from __future__ import annotations
@@ -30,28 +36,37 @@ class EnvCalls:
         self.max_threads = max_threads
         self._pool = self._new_pool()
         self._calls: dict[cf.Future, tuple[Hashable, float]] = {}  # future -> (tag, deadline)
+        self._answered: list[tuple[Hashable, Any]] = []  # inline calls, until the next poll
         self._lost_in_pool = 0
         self.lost_threads = 0  # threads abandoned in a call past its limit, over the loop's life
 
     def _new_pool(self) -> cf.ThreadPoolExecutor:
         return cf.ThreadPoolExecutor(self.max_threads, thread_name_prefix="env-call")
 
-    def submit(self, tag: Hashable, fn: Callable[..., Any], *args: Any) -> None:
+    def submit(self, tag: Hashable, fn: Callable[..., Any], *args: Any, inline: bool = False) -> None:
+        if inline:
+            try:
+                self._answered.append((tag, fn(*args)))
+            except Exception as e:  # answered like a thread's failure: the loop ends the episode
+                self._answered.append((tag, e))
+            return
         self._calls[self._pool.submit(fn, *args)] = (tag, time.monotonic() + self.timeout_s)
 
     @property
     def pending(self) -> int:
-        return len(self._calls)
+        return len(self._calls) + len(self._answered)
 
     def poll(self, wait_s: float = 0.0) -> list[tuple[Hashable, Any]]:
-        """(tag, result) of the calls that finished, waiting up to `wait_s` for the first one;
-        the result is an exception for a call that raised or ran past its limit."""
+        """(tag, result) of the calls that finished, waiting up to `wait_s` for the first one
+        (not at all when an inline call has answered); the result is an exception for a call that
+        raised or ran past its limit."""
+        results, self._answered = self._answered, []
         if not self._calls:
-            return []
+            return results
         now = time.monotonic()
         earliest = min(deadline for _, deadline in self._calls.values())
-        done, _ = cf.wait(self._calls, timeout=max(0.0, min(wait_s, earliest - now)), return_when=cf.FIRST_COMPLETED)
-        results = []
+        wait_s = 0.0 if results else min(wait_s, earliest - now)
+        done, _ = cf.wait(self._calls, timeout=max(0.0, wait_s), return_when=cf.FIRST_COMPLETED)
         for future in done:
             tag, _ = self._calls.pop(future)
             error = future.exception()

@@ -4,7 +4,8 @@ A group is G episodes of one task. Its first turns share a prompt, so they go to
 one request for G samples; every later turn is a request of its own, sent as soon as that
 episode's env has answered. Env calls run on other threads (actors/env_calls.py), so while one
 episode waits for a slow tool the engine keeps generating for the others, and new groups can
-join the running batch whenever the caller starts them. A group is handed to its `on_done`
+join the running batch whenever the caller starts them. A group started with `inline=True`
+calls its envs on the loop's own thread (for envs that are pure computation: see env_calls.py). A group is handed to its `on_done`
 callback the moment its last episode ends.
 
     loop.start(key, task, envs, sampling, on_done)    # as many groups as the caller wants in flight
@@ -21,7 +22,8 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 
 from actors.engine import Engine, Finished
 from actors.env_calls import EnvCalls, EnvCallTimeout
@@ -42,6 +44,8 @@ class GroupRun:
     on_done: Callable[["GroupRun"], None]
     open: int  # episodes not yet finished
     resets_pending: int
+    inline: bool  # env calls on the loop's thread instead of the env-call threads
+    first_tokens: dict[str, list[int]] = field(default_factory=dict)  # rendered first observations, by content
 
 
 class EpisodeLoop:
@@ -75,15 +79,16 @@ class EpisodeLoop:
         return not self._in_engine
 
     def start(self, key: str, task: Task, envs: list[Env], sampling: SamplingConfig,
-              on_done: Callable[[GroupRun], None]) -> None:
+              on_done: Callable[[GroupRun], None], inline: bool = False) -> None:
         """Begin one group: an episode of `task` per env (already wrapped in SafeEnv)."""
         if key in self._groups:
             raise ValueError(f"group {key!r} is already in flight")
         episodes = [Episode(task=task, env=env) for env in envs]
-        group = GroupRun(key, task, episodes, sampling, on_done, open=len(episodes), resets_pending=len(episodes))
+        group = GroupRun(key, task, episodes, sampling, on_done, open=len(episodes), resets_pending=len(episodes),
+                         inline=inline)
         self._groups[key] = group
         for index, episode in enumerate(episodes):
-            self.calls.submit((key, index), episode.env.reset, task)
+            self.calls.submit((key, index), episode.env.reset, task, inline=inline)
 
     def pump(self, wait_s: float = 0.0) -> None:
         """One engine step if the engine has work, then every env answer that is in (waiting up to
@@ -151,7 +156,7 @@ class EpisodeLoop:
             episode.last_finish = sample.finish_reason
             action = Action(self.renderer.text(sample.token_ids), tuple(sample.token_ids), sample.finish_reason,
                             max(sample.versions, default=self.engine.version))
-            self.calls.submit((group.key, index), episode.env.step, action)
+            self.calls.submit((group.key, index), episode.env.step, action, inline=group.inline)
 
     # -- env answers -----------------------------------------------------------------------------
     def _answered(self, group: GroupRun, index: int, result: Observation | StepResult | Exception) -> None:
@@ -177,10 +182,17 @@ class EpisodeLoop:
         if observation.error:
             self._finish(group, episode, "error", observation.error)
         else:
-            episode.roles[observation.role] = RoleContext(observation.role, self.renderer.first(observation))
+            episode.roles[observation.role] = RoleContext(observation.role, self._first_tokens(group, observation))
             episode.acting = observation.role
         if group.resets_pending == 0:
             self._first_turns(group)
+
+    def _first_tokens(self, group: GroupRun, observation: Observation) -> list[int]:
+        """The G episodes of a group mostly open on the same observation: tokenize it once."""
+        key = json.dumps([observation.text, observation.messages])
+        if key not in group.first_tokens:
+            group.first_tokens[key] = self.renderer.first(observation)
+        return list(group.first_tokens[key])  # each context owns its list
 
     def _stepped(self, group: GroupRun, index: int, result: StepResult) -> None:
         episode = group.episodes[index]

@@ -109,7 +109,8 @@ class RunConfig(BaseModel):
     seed: int = 0
     run_root: Path = Path("runs")
     model: ModelConfig = ModelConfig()
-    env: EnvConfig = EnvConfig()
+    env: EnvConfig = EnvConfig(inline_calls=True)
+    """The demo's arithmetic is pure computation: its calls run inline (see EnvConfig.inline_calls)."""
     curriculum: CurriculumConfig = CurriculumConfig()
     """Which task category each new group draws; the same distribution for every worker."""
     rollout: RolloutConfig = RolloutConfig()

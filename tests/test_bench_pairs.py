@@ -59,6 +59,12 @@ def test_latency_case_slows_the_training_env_only():
     assert overrides["replay"] == {"max_times_sampled": 2}
     assert ASYNC["case_overrides"]("demo", 0.3) == {}
 
+    from cluster.config import load_config
+
+    # the slow env's calls go to the env-call threads: inline, every step would stall the engine
+    assert load_config(None, overrides).env.inline_calls is False
+    assert load_config(None, ASYNC["case_overrides"]("demo", 0.3)).env.inline_calls is True
+
 
 TRL = runpy.run_path(str(Path(__file__).resolve().parent.parent / "bench" / "trl.py"))
 

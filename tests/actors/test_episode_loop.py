@@ -26,10 +26,11 @@ def _encode(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def _run(loop: EpisodeLoop, groups: list[tuple[Task, list[Env]]], timeout_s: float = 10.0) -> list:
+def _run(loop: EpisodeLoop, groups: list[tuple[Task, list[Env]]], timeout_s: float = 10.0,
+         inline: bool = False) -> list:
     done = []
     for i, (task, envs) in enumerate(groups):
-        loop.start(f"g{i}", task, envs, SAMPLING, done.append)
+        loop.start(f"g{i}", task, envs, SAMPLING, done.append, inline=inline)
     deadline = time.monotonic() + timeout_s
     while not loop.idle:
         loop.pump(wait_s=0.01)
@@ -137,6 +138,66 @@ class HangsOnOddTasks(Env):
         if int(self.task.task_id[-1]) % 2:
             self.release.wait(30)
         return StepResult(None, 1.0, True)
+
+
+@register_env("test_records_threads")
+class RecordsThreads(Env):
+    """Arithmetic-like, noting the thread of every call."""
+
+    threads: list[str] = []
+
+    def reset(self, task: Task) -> Observation:
+        self.threads.append(threading.current_thread().name)
+        return Observation(text=task.prompt)
+
+    def step(self, action: Action | str) -> StepResult:
+        self.threads.append(threading.current_thread().name)
+        return StepResult(observation=None, reward=1.0, done=True)
+
+
+@pytest.mark.parametrize("inline", [False, True])
+def test_inline_groups_call_their_envs_on_the_loops_thread(char_tokenizer, inline):
+    engine = ScriptedEngine(lambda prompt, i: _encode(char_tokenizer, "68"))
+    errors = EpisodeErrorCounter()
+    RecordsThreads.threads = []
+    groups = _run(_loop(engine, char_tokenizer, errors),
+                  [(TASK, [SafeEnv(RecordsThreads(), errors) for _ in range(3)]) for _ in range(2)], inline=inline)
+    assert [e.finish_reason for g in groups for e in g.episodes] == ["stop"] * 6
+    assert [t.reward for g in groups for e in g.episodes for t in e.trajectories()] == [1.0] * 6
+    assert len(RecordsThreads.threads) == 12  # a reset and a step per episode
+    on_loop = [name == threading.current_thread().name for name in RecordsThreads.threads]
+    assert all(on_loop) if inline else not any(on_loop)
+    assert [n for _, _, _, n in engine.requests] == [3, 3]  # still one request of n per group
+
+
+def test_a_groups_shared_first_observation_is_tokenized_once(char_tokenizer):
+    class CountingRenderer(PlainRenderer):
+        firsts = 0
+
+        def first(self, observation):
+            CountingRenderer.firsts += 1
+            return super().first(observation)
+
+    engine = ScriptedEngine(lambda prompt, i: _encode(char_tokenizer, "68"))
+    errors = EpisodeErrorCounter()
+    loop = EpisodeLoop(engine, CountingRenderer(char_tokenizer), EpisodeLimits(), errors)
+    other = Task(task_id="add/1+2", category="carries=0", prompt="1+2=", answer="3")
+    groups = _run(loop, [(TASK, [_safe("arithmetic", errors) for _ in range(4)]),
+                         (other, [_safe("arithmetic", errors) for _ in range(4)])], inline=True)
+    assert CountingRenderer.firsts == 2  # one per group, not one per episode
+    prompts = [e.roles[""].prompt_ids for g in groups for e in g.episodes]
+    assert prompts[0] == char_tokenizer("23+45=")["input_ids"] and prompts[4] == char_tokenizer("1+2=")["input_ids"]
+    assert prompts[0] is not prompts[1]  # every context owns its tokens
+
+
+def test_an_inline_env_that_raises_ends_only_its_episode(char_tokenizer):
+    engine = ScriptedEngine(lambda prompt, i: _encode(char_tokenizer, "68"))
+    errors = EpisodeErrorCounter()
+    [group] = _run(_loop(engine, char_tokenizer, errors), [(TASK, [Raises(), _safe("arithmetic", errors)])],
+                   inline=True)  # not wrapped in SafeEnv: the exception reaches the loop itself
+    assert [e.finish_reason for e in group.episodes] == ["error", "stop"]
+    assert "KeyError: 'tool state lost'" in group.episodes[0].error
+    assert errors.snapshot() == {"test_raises/KeyError": 1}
 
 
 @register_env("test_raises")
