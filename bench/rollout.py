@@ -3,10 +3,12 @@ demo model and on a ~30M-parameter model.
 
 One vLLM engine serves both sides, so engine settings cannot differ. Ours: the episode loop
 (actors/episode_loop.py) runs 32 groups of 8 single-turn arithmetic episodes (env, renderer,
-one request of n = 8 per group, rewards, trajectories) until every group is done. Raw: the same
-32 prompts, tokenized by the same renderer, through `LLM.generate` with n = 8 and the same
-sampling settings, the fastest a caller of vLLM gets. Rounds alternate (ours, raw); tokens/s is
-generated tokens over wall time; medians, and the ratio is the median of per-round ratios.
+one request of n = 8 per group, rewards, trajectories) until every group is done, twice: with
+the demo's env calls inline and with every env call on the env-call threads (what a tool env
+gets). Raw: the same 32 prompts, tokenized by the same renderer, through `LLM.generate` with
+n = 8 and the same sampling settings, the fastest a caller of vLLM gets. Rounds alternate (inline,
+threads, raw); tokens/s is generated tokens over wall time; medians, and each ratio is the
+median of per-round ratios to raw.
 Writes bench/results/rollout.json and prints a table.
 
     tidal bench rollout            # both models (~3 minutes on 2 cores)
@@ -34,7 +36,8 @@ ROUND_TIMEOUT_S = 300.0  # one round takes about a second on the demo model, 5 s
 
 
 def episode_loop_s(engine, renderer, tasks, env_cfg, rollout) -> tuple[float, int]:
-    """Seconds and generated tokens for every group through the episode loop."""
+    """Seconds and generated tokens for every group through the episode loop (env calls inline
+    as `env_cfg` says)."""
     from actors.episode_loop import EpisodeLoop
     from envs import EpisodeErrorCounter
 
@@ -42,12 +45,13 @@ def episode_loop_s(engine, renderer, tasks, env_cfg, rollout) -> tuple[float, in
     done = []
     started = time.perf_counter()
     for index, task in enumerate(tasks):
-        loop.start(f"g{index}", task, [env_cfg.build_env() for _ in range(GROUP_SIZE)], rollout.sampling, done.append)
+        loop.start(f"g{index}", task, [env_cfg.build_env() for _ in range(GROUP_SIZE)], rollout.sampling, done.append,
+                   inline=env_cfg.inline_calls)
     deadline = started + ROUND_TIMEOUT_S
     while len(done) < len(tasks):
         if time.perf_counter() > deadline:
             raise TimeoutError(f"episode loop: {len(done)} of {len(tasks)} groups done after {ROUND_TIMEOUT_S:.0f}s")
-        loop.pump()
+        loop.pump(wait_s=0.005)  # as the rollout worker pumps: wait for env answers, do not spin
     seconds = time.perf_counter() - started
     loop.close()
     tokens = sum(int(t.loss_mask.sum()) for run in done for e in run.episodes for t in e.trajectories())
@@ -68,30 +72,35 @@ def raw_generate_s(engine, prompts: list[list[int]], rollout) -> tuple[float, in
 def measure(name: str, root: Path, rounds: int) -> dict:
     from transformers import AutoTokenizer
 
-    from actors.config import EnvConfig, RolloutConfig
+    from actors.config import RolloutConfig
     from actors.engine import VLLMEngine
     from actors.rendering import make_renderer
+    from cluster.config import RunConfig
 
     path, params = model_path(name, root)
-    env_cfg, rollout = EnvConfig(), RolloutConfig()
+    env_cfg, rollout = RunConfig().env, RolloutConfig()  # the demo's env: calls inline
+    threaded_env = env_cfg.model_copy(update={"inline_calls": False})
     source = env_cfg.build_task_source()
     tasks = [source.sample(np.random.default_rng(i), None) for i in range(GROUPS)]
     renderer = make_renderer(AutoTokenizer.from_pretrained(path))
     prompts = [renderer.first(env_cfg.build_env().reset(task)) for task in tasks]
     engine = VLLMEngine(path, rollout.engine, seed=0)
-    rates: dict[str, list[float]] = {"ours": [], "raw": []}
+    rates: dict[str, list[float]] = {"ours": [], "ours_threads": [], "raw": []}
     for round_index in range(rounds + 1):  # round 0 warms up
         for key, run in (("ours", lambda: episode_loop_s(engine, renderer, tasks, env_cfg, rollout)),
+                         ("ours_threads", lambda: episode_loop_s(engine, renderer, tasks, threaded_env, rollout)),
                          ("raw", lambda: raw_generate_s(engine, prompts, rollout))):
             seconds, tokens = run()
             if round_index:
                 rates[key].append(tokens / seconds)
     row = {"model": name, "params": params, "groups": GROUPS, "group_size": GROUP_SIZE,
            "max_new_tokens": rollout.sampling.max_new_tokens,
-           "ours_tokens_per_s": statistics.median(rates["ours"]), "raw_tokens_per_s": statistics.median(rates["raw"]),
-           "ratio": statistics.median(o / r for o, r in zip(rates["ours"], rates["raw"]))}
-    print(f"rollout: {name} ({params / 1e6:.1f}M) ours {row['ours_tokens_per_s']:.0f} tok/s, raw vLLM "
-          f"{row['raw_tokens_per_s']:.0f}, ratio {row['ratio']:.2f}", file=sys.stderr)
+           **{f"{key}_tokens_per_s": statistics.median(values) for key, values in rates.items()},
+           "ratio": statistics.median(o / r for o, r in zip(rates["ours"], rates["raw"])),
+           "ratio_threads": statistics.median(o / r for o, r in zip(rates["ours_threads"], rates["raw"]))}
+    print(f"rollout: {name} ({params / 1e6:.1f}M) ours {row['ours_tokens_per_s']:.0f} tok/s (env threads "
+          f"{row['ours_threads_tokens_per_s']:.0f}), raw vLLM {row['raw_tokens_per_s']:.0f}, ratio {row['ratio']:.2f} "
+          f"({row['ratio_threads']:.2f})", file=sys.stderr)
     return row
 
 
@@ -109,10 +118,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="tidal-rollout-") as root:
         results = [measure(name, Path(root), rounds) for name in models]
     write_report(args.out, {"rounds": rounds, "groups": GROUPS, "group_size": GROUP_SIZE}, started, results)
-    print(f"{'model':>6} {'params':>7} {'ours tok/s':>11} {'raw vLLM tok/s':>15} {'ratio':>6}")
+    print(f"{'model':>6} {'params':>7} {'ours tok/s':>11} {'env threads':>12} {'raw vLLM tok/s':>15} {'ratio':>6} "
+          f"{'threads':>8}")
     for row in results:
         print(f"{row['model']:>6} {row['params'] / 1e6:6.1f}M {row['ours_tokens_per_s']:11.0f} "
-              f"{row['raw_tokens_per_s']:15.0f} {row['ratio']:6.2f}")
+              f"{row['ours_threads_tokens_per_s']:12.0f} {row['raw_tokens_per_s']:15.0f} {row['ratio']:6.2f} "
+              f"{row['ratio_threads']:8.2f}")
     print(f"wrote {args.out}")
     return 0
 
