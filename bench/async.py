@@ -6,10 +6,13 @@ the order alternating from pair to pair so that drifting load on the machine hit
 A run's time to target is counted from its first evaluation (start-up excluded) to the first
 evaluation at or above the target. Cases: the demo, and the demo whose every env step waits
 `--latency` seconds (the agentic case: a tool or sandbox that takes wall time, not CPU; the
-evaluation env has no latency, so both modes pay the same for it). Writes bench/results/async.json.
+evaluation env has no latency, so both modes pay the same for it); on request also `partial`, the
+demo with partial rollouts (async workers load new weights between engine steps instead of
+draining first; sync mode drains either way). Writes bench/results/async.json.
 
-    tidal bench async                     # 2 pairs per case (~15 minutes on 2 cores)
+    tidal bench async                     # 2 pairs per case (~18 minutes on 2 cores)
     tidal bench async --cases demo --pairs 1
+    tidal bench async --cases partial --output bench/results/async_partial.json
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ def case_overrides(case: str, latency_s: float) -> dict:
     its data and trains on the same stale groups (measured: it plateaued at 0.57-0.61)."""
     if case == "demo":
         return {}
+    if case == "partial":
+        return {"rollout": {"partial": True}}
     return {"env": {"params": {"step_latency_s": latency_s}}, "eval": {"envs": [{"name": "arithmetic"}]},
             "replay": {"max_times_sampled": 2}}
 
@@ -75,7 +80,8 @@ def summary(runs: list[dict], case: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tidal bench async", description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", nargs="+", choices=["demo", "latency"], default=["demo", "latency"])
+    parser.add_argument("--cases", nargs="+", choices=["demo", "latency", "partial"],
+                        default=["demo", "latency"])
     parser.add_argument("--pairs", type=int, default=2, help="alternating sync/async pairs per case")
     parser.add_argument("--steps", type=int, default=200, help="learner steps per run (the demo's)")
     parser.add_argument("--eval-every", type=int, default=10, help="the resolution of the time to target")

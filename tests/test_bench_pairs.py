@@ -66,6 +66,14 @@ def test_latency_case_slows_the_training_env_only():
     assert load_config(None, ASYNC["case_overrides"]("demo", 0.3)).env.inline_calls is True
 
 
+def test_partial_case_is_the_demo_with_partial_rollouts():
+    from cluster.config import load_config
+
+    partial, demo = (load_config(None, ASYNC["case_overrides"](case, 0.3)) for case in ("partial", "demo"))
+    assert partial.rollout.partial is True and demo.rollout.partial is False
+    assert partial.model_dump(exclude={"rollout"}) == demo.model_dump(exclude={"rollout"})
+
+
 TRL = runpy.run_path(str(Path(__file__).resolve().parent.parent / "bench" / "trl.py"))
 
 
