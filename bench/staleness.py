@@ -3,16 +3,17 @@
 `tidal train` runs that are identical but for the policy objective, at two levels of staleness
 (groups consumed about 4 and about 8 policy versions after they were generated), over several
 seeds, with partial rollouts on: new weights reach the engines between steps and every token keeps
-the version that produced it. BAPO runs twice: at the paper's rho0 0.4 and at a higher rho0 at
-which its bounds move on this task. Runs go seed by seed, so an interrupted experiment still has
+the version that produced it. BAPO runs three times: at the paper's rho0 0.4 and at higher rho0
+values at which its bounds move on this task. Runs go seed by seed, so an interrupted experiment still has
 whole seeds; bench/results/staleness.json is rewritten after every run (per level and method: mean
 and spread over seeds of the final and late-third held-out accuracy, of the minimum entropy, of
 the achieved staleness and of how often BAPO's bounds moved; every run's curves) with
 bench/results/staleness.png (mean curves over seeds, the band spanning them).
 
-    tidal bench staleness                 # full run (~35 minutes on 2 cores)
+    tidal bench staleness                 # full run (~25 minutes on 2 cores)
     tidal bench staleness --quick         # smoke run (one seed, one level, few steps)
     tidal bench staleness --seeds 0 1 --levels 4 --steps 150
+    tidal bench staleness --resume        # keep the runs already in staleness.json, make the rest
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ METHODS: dict[str, dict] = {  # label -> loss.objective override; dual clip (3.0
     # The positive-advantage share of the gradient sits at 0.43-0.5 on this task, so at 0.4 the
     # bounds never leave [0.6, 1.2]; at 0.6 BAPO has to widen them to give positive tokens mass.
     "BAPO rho0 0.6": {"name": "bapo", "rho0": 0.6},
+    "BAPO rho0 0.55": {"name": "bapo", "rho0": 0.55},  # between: where the bounds may settle inside their range
 }
 
 # Off-policy data: the admission window lets workers run `ahead` versions in front of the learner;
@@ -201,16 +203,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=5e-4, help="the same for every method")
     parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for staleness.json and .png")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the runs of an earlier staleness.json made with the same settings")
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.eval_every, args.seeds, args.levels = 12, 6, args.seeds[:1], [4]
     return args
 
 
+def settings(args: argparse.Namespace) -> dict:
+    return {"steps": args.steps, "seeds": args.seeds, "levels": {n: stale_overrides(n) for n in args.levels},
+            "lr": args.lr, "eval_every": args.eval_every, "quick": args.quick}
+
+
+def earlier_runs(args: argparse.Namespace) -> tuple[list[dict], float]:
+    """With --resume: the runs of the staleness.json in --out and the seconds they took, if its
+    settings are these (a run made with other settings would not be comparable)."""
+    path = args.out / "staleness.json"
+    if not (args.resume and path.is_file()):
+        return [], 0.0
+    report = json.loads(path.read_text())
+    if report["settings"] != json.loads(json.dumps(settings(args))):  # as JSON: level keys are strings there
+        raise SystemExit(f"--resume: {path} was made with other settings {report['settings']}; "
+                         f"these are {settings(args)}")
+    return report["runs"], report["total_s"]
+
+
 def write(args: argparse.Namespace, started: float, runs: list[dict]) -> None:
     report = {
-        "settings": {"steps": args.steps, "seeds": args.seeds, "levels": {n: stale_overrides(n) for n in args.levels},
-                     "lr": args.lr, "eval_every": args.eval_every, "quick": args.quick},
+        "settings": settings(args),
         "machine": {"platform": platform.platform(), "python": platform.python_version()},
         "total_s": time.time() - started,
         "summary": aggregate(runs),
@@ -231,13 +252,14 @@ def print_table(summary: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    started = time.time()
+    runs, earlier_s = earlier_runs(args)
+    started = time.time() - earlier_s  # total_s counts the earlier runs too
+    done = {(r["level"], r["seed"], r["method"]) for r in runs}
     run_root = Path(tempfile.mkdtemp(prefix="tidal-staleness-"))
-    runs: list[dict] = []
     try:
         for seed in args.seeds:
             for level in args.levels:
-                for label in METHODS:
+                for label in (m for m in METHODS if (level, seed, m) not in done):
                     runs.append(run_method(label, level, seed, args, run_root))
                     write(args, started, runs)
     finally:

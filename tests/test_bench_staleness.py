@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import runpy
 from pathlib import Path
 
@@ -92,6 +93,7 @@ def test_methods_differ_only_in_the_objective_and_validate():
     assert bounds["clip-higher [0.8, 1.28]"] == pytest.approx((0.8, 1.28))
     assert configs["BAPO rho0 0.4"].loss.objective.rho0 == 0.4
     assert configs["BAPO rho0 0.6"].loss.objective.rho0 == 0.6
+    assert configs["BAPO rho0 0.55"].loss.objective.rho0 == 0.55
     dumps = [cfg.model_dump(exclude={"loss"}) for cfg in configs.values()]
     assert all(d == dumps[0] for d in dumps)  # same seed, steps, lr, replay and rollout settings
     cfg = configs["BAPO rho0 0.6"]
@@ -106,3 +108,16 @@ def test_quick_flag_shrinks_the_run():
     assert args.quick and args.steps < 20 and args.seeds == [0] and args.levels == [4]
     assert STALENESS["parse_args"]([]).seeds == [0, 1, 2]
     assert STALENESS["parse_args"](["--steps", "33"]).steps == 33
+
+
+def test_resume_keeps_runs_made_with_the_same_settings_only(tmp_path):
+    args = STALENESS["parse_args"](["--out", str(tmp_path), "--resume", "--seeds", "0"])
+    assert STALENESS["earlier_runs"](args) == ([], 0.0)  # nothing there yet
+    report = {"settings": STALENESS["settings"](args), "total_s": 12.5, "runs": [{"level": 4, "seed": 0}]}
+    (tmp_path / "staleness.json").write_text(json.dumps(report))
+    assert STALENESS["earlier_runs"](args) == ([{"level": 4, "seed": 0}], 12.5)
+    other = STALENESS["parse_args"](["--out", str(tmp_path), "--resume", "--seeds", "0", "--steps", "99"])
+    with pytest.raises(SystemExit, match="other settings"):
+        STALENESS["earlier_runs"](other)
+    fresh = STALENESS["parse_args"](["--out", str(tmp_path), "--seeds", "0"])
+    assert STALENESS["earlier_runs"](fresh) == ([], 0.0)  # without --resume: start over
