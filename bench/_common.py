@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -43,6 +44,12 @@ def write_report(out: Path, settings: dict, started: float, results: list[dict])
               "results": results}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1, default=str))  # default: Paths among the settings
+
+
+def median_ratio(ours: list[float], baseline: list[float]) -> float:
+    """The median of round-by-round ratios: each pair was measured back to back, so load that
+    drifts between rounds cancels within a pair."""
+    return statistics.median(o / b for o, b in zip(ours, baseline, strict=True))
 
 
 def wait_for_other_runs(bench: str, poll_s: float = 10.0, max_wait_s: float = 3600.0) -> None:

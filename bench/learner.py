@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench._common import model_path, write_report
+from bench._common import median_ratio, model_path, write_report
 
 RESULTS = Path(__file__).resolve().parent / "results" / "learner.json"
 GROUPS, GROUP_SIZE, PROMPT_TOKENS, COMPLETION_TOKENS = 16, 8, 16, 40
@@ -112,7 +112,7 @@ def measure(name: str, root: Path, rounds: int) -> dict:
     for key in runs:
         row[f"{key}_tokens_per_s"] = statistics.median(per_s[key])
     for key in ("ours", "ours_bapo"):
-        row[f"{key}_ratio"] = statistics.median(o / p for o, p in zip(per_s[key], per_s["plain"]))
+        row[f"{key}_ratio"] = median_ratio(per_s[key], per_s["plain"])
     print(f"learner: {name} ({params / 1e6:.1f}M) ours {row['ours_tokens_per_s']:.0f} tok/s, plain "
           f"{row['plain_tokens_per_s']:.0f}, ratio {row['ours_ratio']:.2f} (BAPO {row['ours_bapo_ratio']:.2f})",
           file=sys.stderr)

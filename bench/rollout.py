@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench._common import model_path, write_report
+from bench._common import median_ratio, model_path, write_report
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rollout.json"
 GROUPS, GROUP_SIZE = 32, 8
@@ -96,8 +96,8 @@ def measure(name: str, root: Path, rounds: int) -> dict:
     row = {"model": name, "params": params, "groups": GROUPS, "group_size": GROUP_SIZE,
            "max_new_tokens": rollout.sampling.max_new_tokens,
            **{f"{key}_tokens_per_s": statistics.median(values) for key, values in rates.items()},
-           "ratio": statistics.median(o / r for o, r in zip(rates["ours"], rates["raw"])),
-           "ratio_threads": statistics.median(o / r for o, r in zip(rates["ours_threads"], rates["raw"]))}
+           "ratio": median_ratio(rates["ours"], rates["raw"]),
+           "ratio_threads": median_ratio(rates["ours_threads"], rates["raw"])}
     print(f"rollout: {name} ({params / 1e6:.1f}M) ours {row['ours_tokens_per_s']:.0f} tok/s (env threads "
           f"{row['ours_threads_tokens_per_s']:.0f}), raw vLLM {row['raw_tokens_per_s']:.0f}, ratio {row['ratio']:.2f} "
           f"({row['ratio_threads']:.2f})", file=sys.stderr)

@@ -25,7 +25,7 @@ from pathlib import Path
 import ray
 import torch
 
-from bench._common import model_path, write_report
+from bench._common import median_ratio, model_path, write_report
 
 RESULTS = Path(__file__).resolve().parent / "results" / "weights.json"
 
@@ -101,7 +101,7 @@ def measure(path: str, params: int, backend: str, rounds: int, shard_urls: list[
         sync = [s["weight_sync_last_s"] for s in ray.get([w.stats.remote() for w in workers])]
         rows.append({"backend": backend, "workers": count, "params": params,
                      "seconds_median": statistics.median(ours), "copy_seconds_median": statistics.median(floor),
-                     "ratio_to_copy": statistics.median(o / f for o, f in zip(ours, floor)),
+                     "ratio_to_copy": median_ratio(ours, floor),
                      "worker_load_s_last": sync})
         print(f"weights: {params / 1e6:.1f}M {backend} {count} worker(s): {rows[-1]['seconds_median']:.3f}s, "
               f"copy {rows[-1]['copy_seconds_median']:.4f}s, ratio {rows[-1]['ratio_to_copy']:.1f}", file=sys.stderr)

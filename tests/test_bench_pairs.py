@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench._common import outcome, time_to_target, wait_for_other_runs
+from bench._common import median_ratio, outcome, time_to_target, wait_for_other_runs
 
 ASYNC = runpy.run_path(str(Path(__file__).resolve().parent.parent / "bench" / "async.py"))
 
@@ -85,3 +85,10 @@ def test_trl_summary_takes_medians_per_system_over_the_runs_that_reached_the_tar
     summary = TRL["summary"](runs)
     assert summary["tidal_median_time_to_target_s"] == 20.0 and summary["trl_median_time_to_target_s"] == 12.0
     assert summary["tidal_median_startup_s"] == 21.0 and summary["trl_median_final_accuracy"] == 0.76
+
+
+def test_median_ratio_takes_the_median_of_round_by_round_ratios():
+    # rounds 2/1, 3/3, 8/2: ratios 2, 1, 4 -> median 2 (the ratio of medians would be 3/2)
+    assert median_ratio([2.0, 3.0, 8.0], [1.0, 3.0, 2.0]) == 2.0
+    with pytest.raises(ValueError):
+        median_ratio([1.0, 2.0], [1.0])  # every round has both sides
