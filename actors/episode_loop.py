@@ -5,8 +5,8 @@ one request for G samples; every later turn is a request of its own, sent as soo
 episode's env has answered. Env calls run on other threads (actors/env_calls.py), so while one
 episode waits for a slow tool the engine keeps generating for the others, and new groups can
 join the running batch whenever the caller starts them. A group started with `inline=True`
-calls its envs on the loop's own thread (for envs that are pure computation: see env_calls.py). A group is handed to its `on_done`
-callback the moment its last episode ends.
+calls its envs on the loop's own thread (for envs that are pure computation: see env_calls.py).
+A group is handed to its `on_done` callback the moment its last episode ends.
 
     loop.start(key, task, envs, sampling, on_done)    # as many groups as the caller wants in flight
     while ...:
@@ -19,10 +19,10 @@ weights once the engine has drained; `release()` sends them on.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import time
 from collections.abc import Callable
-import json
 from dataclasses import dataclass, field
 
 from actors.engine import Engine, Finished
