@@ -13,6 +13,7 @@ CodecError naming the problem, so that the learner can quarantine a bad payload 
 
 from __future__ import annotations
 
+import math
 import struct
 from itertools import accumulate
 from typing import Any
@@ -30,6 +31,7 @@ _FIXED = struct.Struct("<4sHIQ")
 # XXH3 reads about 10x faster than zlib's CRC32 (2 us vs 20 us for a 110 KB group here), and every
 # payload is checksummed once on insert and once on each sample.
 checksum = xxhash.xxh3_64_intdigest
+_MISSING = object()
 
 # name -> little-endian dtype; prompt_ids has length P, the others the completion length C
 ARRAY_FIELDS: dict[str, np.dtype] = {
@@ -39,24 +41,25 @@ ARRAY_FIELDS: dict[str, np.dtype] = {
     "behavior_logprobs": np.dtype("<f4"),
     "policy_versions": np.dtype("<i4"),
 }
-_TRAJ_SCALARS: dict[str, type | tuple[type, ...]] = {
-    "reward": (float, int),
-    "reward_parts": dict,
-    "finish_reason": str,
-    "num_turns": int,
-    "env_name": str,
-    "task_id": str,
-    "timings": dict,
-    "role": str,
-    "step_rewards": list,
-    "step_reward_parts": list,
+# field -> the exact types msgpack decodes it to (a set lookup, not isinstance: bool is not a number here)
+_TRAJ_SCALARS: dict[str, frozenset[type]] = {
+    "reward": frozenset({float, int}),
+    "reward_parts": frozenset({dict}),
+    "finish_reason": frozenset({str}),
+    "num_turns": frozenset({int}),
+    "env_name": frozenset({str}),
+    "task_id": frozenset({str}),
+    "timings": frozenset({dict}),
+    "role": frozenset({str}),
+    "step_rewards": frozenset({list}),
+    "step_reward_parts": frozenset({list}),
 }
-_GROUP_SCALARS: dict[str, type | tuple[type, ...]] = {
-    "group_id": str,
-    "task_id": str,
-    "category": str,
-    "created_at": (float, int),
-    "priority": (float, int),
+_GROUP_SCALARS: dict[str, frozenset[type]] = {
+    "group_id": frozenset({str}),
+    "task_id": frozenset({str}),
+    "category": frozenset({str}),
+    "created_at": frozenset({float, int}),
+    "priority": frozenset({float, int}),
 }
 
 
@@ -99,13 +102,12 @@ def encode_trajectory(traj: Trajectory) -> bytes:
     return encode_trajectories({}, [traj])
 
 
-def _check_scalars(where: str, header: dict[str, Any], spec: dict[str, type | tuple[type, ...]]) -> None:
+def _check_scalars(where: str, header: dict[str, Any], spec: dict[str, frozenset[type]]) -> None:
     for name, kinds in spec.items():
-        if name not in header:
-            raise CodecError(f"{where}: field {name!r} is missing")
-        value = header[name]
-        if isinstance(value, bool) or not isinstance(value, kinds):
-            raise CodecError(f"{where}: field {name!r} has type {type(value).__name__}")
+        if type(header.get(name, _MISSING)) not in kinds:  # one set lookup per field: decode is on the sample path
+            if name not in header:
+                raise CodecError(f"{where}: field {name!r} is missing")
+            raise CodecError(f"{where}: field {name!r} has type {type(header[name]).__name__}")
 
 
 def _read_header(payload: bytes | bytearray | memoryview) -> tuple[dict[str, Any], int]:
@@ -177,11 +179,11 @@ def decode_trajectories(payload: bytes | bytearray | memoryview) -> tuple[dict[s
         if not isinstance(traj_header, dict):
             raise CodecError(f"{where}: header is not a map")
         _check_scalars(where, traj_header, _TRAJ_SCALARS)
-        try:
-            trajectories.append(Trajectory(**{name: column[index] for name, column in arrays.items()},
-                                           **{name: traj_header[name] for name in _TRAJ_SCALARS}))
-        except SchemaError as e:
-            raise CodecError(f"{where}: {e}") from e
+        if not math.isfinite(traj_header["reward"]):
+            raise CodecError(f"{where}: reward must be finite, got {traj_header['reward']}")
+        # _read_arrays checked every array's dtype and length: what Trajectory's own checks would redo
+        trajectories.append(Trajectory.checked(**{name: column[index] for name, column in arrays.items()},
+                                               **{name: traj_header[name] for name in _TRAJ_SCALARS}))
     return header, trajectories
 
 

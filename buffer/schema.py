@@ -49,6 +49,14 @@ class Trajectory:
         if not np.isfinite(self.reward):
             raise SchemaError(f"reward must be finite, got {self.reward}")
 
+    @classmethod
+    def checked(cls, **fields) -> "Trajectory":
+        """A trajectory from fields already known to be valid (the codec checked each array's dtype,
+        rank and length, and the reward): skips __post_init__, a third of decoding a group."""
+        traj = cls.__new__(cls)
+        traj.__dict__.update(fields)
+        return traj
+
     @property
     def num_generated_tokens(self) -> int:
         return int(self.loss_mask.sum())
@@ -87,11 +95,16 @@ class Group:
 
     @property
     def min_policy_version(self) -> int:
-        return int(self._versions().min())
+        return self.policy_version_range()[0]
 
     @property
     def max_policy_version(self) -> int:
-        return int(self._versions().max())
+        return self.policy_version_range()[1]
+
+    def policy_version_range(self) -> tuple[int, int]:
+        """(oldest, newest) version of the generated tokens, in one pass (the insert path needs both)."""
+        versions = self._versions()
+        return int(versions.min()), int(versions.max())
 
 
 @dataclass
