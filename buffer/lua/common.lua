@@ -68,20 +68,27 @@ local function tree_set_leaf(slot, value)
   redis.call('HSET', K_TREE, unpack(path))
 end
 
--- Leaf slot whose cumulative range holds u in [0, total), and its leaf value: O(log capacity) HMGETs.
-local function tree_find(u, total)
-  local node, value = 1, total
-  while node < cfg.base do
-    local kids = redis.call('HMGET', K_TREE, 2 * node, 2 * node + 1)
-    local left, right = tonumber(kids[1]) or 0, tonumber(kids[2]) or 0
-    if (u < left and left > 0) or right <= 0 then
-      node, value = 2 * node, left
-    else
-      u = u - left
-      node, value = 2 * node + 1, right
+-- For each u in us (each in [0, total)): the leaf slot whose cumulative range holds it, and its
+-- value. All descents go down together, one HMGET per level (not one per level and draw).
+local function tree_find_many(us, total)
+  local nodes, values = {}, {}
+  for i = 1, #us do nodes[i], values[i] = 1, total end
+  while #us > 0 and nodes[1] < cfg.base do  -- the tree is complete: every descent is at the same depth
+    local children = {}
+    for i = 1, #us do children[2 * i - 1], children[2 * i] = 2 * nodes[i], 2 * nodes[i] + 1 end
+    local kids = redis.call('HMGET', K_TREE, unpack(children))
+    for i = 1, #us do
+      local left, right = tonumber(kids[2 * i - 1]) or 0, tonumber(kids[2 * i]) or 0
+      if (us[i] < left and left > 0) or right <= 0 then
+        nodes[i], values[i] = 2 * nodes[i], left
+      else
+        us[i] = us[i] - left
+        nodes[i], values[i] = 2 * nodes[i] + 1, right
+      end
     end
   end
-  return node - cfg.base, value
+  for i = 1, #us do nodes[i] = nodes[i] - cfg.base end
+  return nodes, values
 end
 
 -- The consumption ledger: every acknowledged group is counted once as acked, and once more under

@@ -26,26 +26,38 @@ if cfg.selector == 'fifo' then
   oldest = redis.call('ZRANGE', K_FIFO, 0, allowed - 1)
   allowed = #oldest
 end
+-- (group id, leaf value) of draws first..allowed under the tree as it is now
+local function draw_rest(first, total)
+  local gids, leaves, us = {}, {}, {}
+  if oldest then
+    for i = first, allowed do gids[#gids + 1], leaves[#leaves + 1] = oldest[i], 1 end
+    return gids, leaves
+  end
+  for i = first, allowed do us[#us + 1] = tonumber(ARGV[3 + i]) * total end
+  local slots
+  slots, leaves = tree_find_many(us, total)
+  return redis.call('HMGET', K_SLOTS, unpack(slots)), leaves
+end
+
 local draws, removed = {}, {}
-for i = 1, allowed do
+local i = 1
+while i <= allowed do
   local total = tree_total()
   if total <= 0 then break end
-  local gid, leaf
-  if oldest then
-    gid, leaf = oldest[i], 1
-  else
-    local slot
-    slot, leaf = tree_find(tonumber(ARGV[3 + i]) * total, total)
-    gid = redis.call('HGET', K_SLOTS, slot)
-  end
-  local meta = k_meta(gid)
-  local times = redis.call('HINCRBY', meta, 't', 1)
-  local priority = redis.call('HGET', meta, 'p')
-  for _, field in ipairs({gid, fmt(leaf), fmt(total), times, priority}) do draws[#draws + 1] = field end
-  if cfg.max_times > 0 and times >= cfg.max_times then
-    removed[#removed + 1] = gid
-    removed[#removed + 1] = redis.call('GET', k_payload(gid))
-    remove_item(gid, 'max_times_sampled')
+  local gids, leaves = draw_rest(i, total)
+  for k = 1, #gids do
+    local gid = gids[k]
+    local meta = k_meta(gid)
+    local times = redis.call('HINCRBY', meta, 't', 1)
+    local priority = redis.call('HGET', meta, 'p')
+    for _, field in ipairs({gid, fmt(leaves[k]), fmt(total), times, priority}) do draws[#draws + 1] = field end
+    i = i + 1
+    if cfg.max_times > 0 and times >= cfg.max_times then
+      removed[#removed + 1] = gid
+      removed[#removed + 1] = redis.call('GET', k_payload(gid))
+      remove_item(gid, 'max_times_sampled')
+      break  -- the tree changed: the draws after this one descend it again
+    end
   end
 end
 redis.call('HINCRBY', K_STATS, 'samples', #draws / 5)
