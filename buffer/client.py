@@ -177,8 +177,7 @@ class ReplayClient:
         Returns the limiter state if the shard blocked some of them."""
         try:
             replies = shard.insert_many([(prepared[i][0].group_id, payloads[i], prepared[i][0].priority,
-                                          prepared[i][0].min_policy_version, prepared[i][0].max_policy_version)
-                                         for i in members])
+                                          *prepared[i][0].policy_version_range()) for i in members])
         except ShardUnavailable:
             for i in members:
                 position[i] += 1
