@@ -1,9 +1,12 @@
+import dataclasses
+
 import msgpack
 import numpy as np
 import pytest
 
 from buffer import CodecError, decode_group, encode_group
-from buffer.codec import _FIXED, MAGIC, SCHEMA_VERSION, checksum
+from buffer.codec import _FIXED, _TRAJ_SCALARS, ARRAY_FIELDS, MAGIC, SCHEMA_VERSION, checksum
+from buffer.schema import Trajectory
 
 
 def _reframe(payload: bytes, edit_header) -> bytes:
@@ -111,3 +114,8 @@ def test_non_finite_reward_and_bool_scalars_are_named(make_group):
         decode_group(_reframe(payload, lambda h: h["trajectories"][0].update(num_turns=True)))
     with pytest.raises(CodecError, match="group: field 'priority' has type str"):
         decode_group(_reframe(payload, lambda h: h.update(priority="high")))
+
+
+def test_payload_holds_every_trajectory_field():
+    # decode sets exactly these fields (Trajectory.checked, no defaults): a new field must be encoded too
+    assert set(ARRAY_FIELDS) | set(_TRAJ_SCALARS) == {f.name for f in dataclasses.fields(Trajectory)}
