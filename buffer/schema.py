@@ -94,10 +94,6 @@ class Group:
         return flat if len(flat) else np.zeros(1, np.int32)
 
     @property
-    def min_policy_version(self) -> int:
-        return self.policy_version_range()[0]
-
-    @property
     def max_policy_version(self) -> int:
         return self.policy_version_range()[1]
 
