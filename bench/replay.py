@@ -5,9 +5,11 @@ Starts its own redis-server shards (AOF on, fsync everysec), inserts and samples
 one-group insert calls for their latency), and, on the same servers and bytes, times
 redis-py pipelined SET and MGET (the ceiling). The *_ratio_interleaved figures alternate ours
 and the ceiling round by round, so that load from other processes hits both alike; the plain
-ratios divide numbers measured a minute apart. Writes bench/results/replay.json and prints it.
+ratios divide numbers measured a minute apart. `breakdown` times the parts of one insert_many and
+one sample call (encode, server, decode) beside the raw SET / MGET, and the ratio the server side
+alone allows. Writes bench/results/replay.json and prints it.
 
-    python -m bench.replay            # full run (~2-3 minutes on 2 cores)
+    python -m bench.replay            # full run (about 20 s on 2 cores)
     python -m bench.replay --quick    # smoke run
 """
 
@@ -30,6 +32,7 @@ import redis
 
 from buffer import (Group, ReplayClient, ReplayConfig, Trajectory, create_table, decode_group, encode_group,
                     start_local_shards, stop_local_shards)
+from buffer.shard_client import ShardConnection
 
 RESULTS = Path(__file__).parent / "results" / "replay.json"
 TRAJECTORIES, PROMPT_TOKENS, COMPLETION_TOKENS = 8, 128, 1024
@@ -123,8 +126,9 @@ def _raw_ceiling(url: str, payload: bytes, sizes: Sizes) -> tuple[float, float]:
 
 
 def _interleaved_ratios(url: str, template: Group, sizes: Sizes, rounds: int = 8) -> tuple[float, float]:
-    """Median (ours / raw) over alternating rounds of insert_many vs pipelined SET and sample vs MGET:
-    on a shared machine the load drifts between the separate measurements above, not within a round."""
+    """Median (ours / raw) over alternating rounds of insert_many vs pipelined SET and sample vs MGET
+    (which goes first alternates too): on a shared machine the load drifts between the separate
+    measurements above, not within a round."""
     create_table(_config("bench-interleaved"), [url])
     client = ReplayClient(_config("bench-interleaved"), [url], seed=0)
     conn = redis.Redis.from_url(url)
@@ -133,16 +137,76 @@ def _interleaved_ratios(url: str, template: Group, sizes: Sizes, rounds: int = 8
     for r in range(rounds):
         batches = [[dataclasses.replace(template, group_id=f"ab{r}:{c}:{j}") for j in range(sizes.batch)]
                    for c in range(calls)]
-        ours = _seconds(lambda: [client.insert_many(batch) for batch in batches])
-        raw = _seconds(lambda: [_pipelined_set(conn, keys, payload) for _ in range(calls)])
+        raw, ours = _in_turn(r, lambda: _seconds(lambda: [_pipelined_set(conn, keys, payload) for _ in range(calls)]),
+                             lambda: _seconds(lambda: [client.insert_many(batch) for batch in batches]))
         insert_ratios.append(raw / ours)
-        ours = _seconds(lambda: [client.sample(sizes.batch, learner_version=0) for _ in range(calls)])
-        raw = _seconds(lambda: [conn.mget(keys) for _ in range(calls)])
+        raw, ours = _in_turn(r, lambda: _seconds(lambda: [conn.mget(keys) for _ in range(calls)]),
+                             lambda: _seconds(lambda: [client.sample(sizes.batch, learner_version=0) for _ in range(calls)]))
         sample_ratios.append(raw / ours)
     conn.delete(*keys)
     conn.close()
     client.close()
     return float(np.median(insert_ratios)), float(np.median(sample_ratios))
+
+
+def _breakdown(url: str, template: Group, sizes: Sizes, rounds: int = 8) -> dict:
+    """Where one insert_many and one sample call of `batch` groups spend their time, each part timed
+    in the same round as the raw SET / MGET it is compared with (medians over rounds, ms per call).
+
+    The server-side parts (the insert pipeline with payloads already encoded; the sample script plus
+    the MGET of what it drew) bound the ratio any client could reach on these scripts: the
+    *_bound_ratio figures are raw / server part, as if encoding, decoding and the client's own
+    bookkeeping cost nothing."""
+    config = _config("bench-breakdown")
+    create_table(config, [url])
+    client = ReplayClient(config, [url], seed=0)
+    shard = ShardConnection(0, url, config.namespace, None, None, config.retry_down_shard_s)
+    conn = redis.Redis.from_url(url)
+    payload, keys = encode_group(template), [f"raw:{i}" for i in range(sizes.batch)]
+    rng = np.random.default_rng(0)
+    parts: dict[str, list[float]] = {}
+
+    def timed(name: str, action):
+        started = time.perf_counter()
+        result = action()
+        parts.setdefault(name, []).append((time.perf_counter() - started) * 1e3)
+        return result
+
+    def sample_parts():
+        uniforms = list(map(repr, rng.random(sizes.batch).tolist()))
+        drawn = timed("sample_script", lambda: shard.call("sample", [sizes.batch, 0, *uniforms]))
+        ids = sorted({drawn[3][i].decode() for i in range(0, len(drawn[3]), 5)})
+        fetched = timed("sample_mget", lambda: conn.mget([f"{config.namespace}:p:{gid}" for gid in ids]))
+        timed("sample_decode", lambda: [decode_group(value) for value in fetched])
+        timed("sample", lambda: client.sample(sizes.batch, learner_version=0))
+
+    for r in range(rounds):
+        groups = [dataclasses.replace(template, group_id=f"bd{r}:{j}") for j in range(sizes.batch)]
+        _in_turn(r, lambda: timed("raw_set", lambda: _pipelined_set(conn, keys, payload)),
+                 lambda: timed("insert_server", lambda: shard.insert_many([(f"bs{r}:{j}", payload, 1.0, 0, 0)
+                                                                          for j in range(sizes.batch)])),
+                 lambda: timed("insert_many", lambda: client.insert_many(groups)))
+        timed("insert_encode", lambda: [encode_group(g) for g in groups])
+        conn.mget(keys)  # untimed: the first read after the writes is slower, whichever side makes it
+        _in_turn(r, lambda: timed("raw_mget", lambda: conn.mget(keys)), sample_parts)
+    conn.close()
+    shard.close()
+    client.close()
+    ms = {name: round(float(np.median(values)), 3) for name, values in parts.items()}
+    return {"ms_per_call": ms,
+            "insert_bound_ratio": round(ms["raw_set"] / ms["insert_server"], 3),
+            "sample_bound_ratio": round(ms["raw_mget"] / (ms["sample_script"] + ms["sample_mget"]), 3)}
+
+
+def _in_turn(round_index: int, *actions) -> list:
+    """Run `actions` forwards in even rounds and backwards in odd ones (results in the given order):
+    the first read after a burst of writes is slower (about 1.3 ms vs 0.8 ms for an MGET of 16 here),
+    so a fixed order would charge that to whichever side comes first."""
+    order = range(len(actions)) if round_index % 2 == 0 else reversed(range(len(actions)))
+    results = [None] * len(actions)
+    for i in order:
+        results[i] = actions[i]()
+    return results
 
 
 def _seconds(action) -> float:
@@ -174,6 +238,7 @@ def run(sizes: Sizes, shard_counts: list[int], client_counts: list[int]) -> dict
             urls = [s.url for s in shards]
             raw_set, raw_get = _raw_ceiling(urls[0], payload, sizes)
             interleaved_insert, interleaved_sample = _interleaved_ratios(urls[0], make_group("template"), sizes)
+            breakdown = _breakdown(urls[0], make_group("template"), sizes)
             with redis.Redis.from_url(urls[0]) as conn:
                 conn.flushall()
             for num_shards in shard_counts:
@@ -202,6 +267,7 @@ def run(sizes: Sizes, shard_counts: list[int], client_counts: list[int]) -> dict
         "sample_ratio": round(single["sample_groups_per_s"] / raw_get, 3),
         "insert_ratio_interleaved": round(interleaved_insert, 3), "sample_ratio_interleaved": round(interleaved_sample, 3),
         "decode_us_per_group": round(_decode_us(payload), 1),
+        "breakdown": breakdown,
         "scaling": table,
     }
 
