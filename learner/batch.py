@@ -48,10 +48,10 @@ class TrainBatch:
 
     def micro_batches(self, token_budget: int) -> list["TrainBatch"]:
         """Rows sorted by length and packed greedily so that rows x padded length <= token_budget."""
-        order = torch.argsort(self.lengths, descending=True)
+        lengths = self.lengths.tolist()  # Python ints: indexing the tensor per row and step cost ms a step
         batches, current = [], []
-        for row in order.tolist():
-            width = max([int(self.lengths[r]) for r in current + [row]])
+        for row in torch.argsort(self.lengths, descending=True).tolist():
+            width = lengths[current[0] if current else row]  # longest first: a micro-batch is as wide as its first row
             if current and (len(current) + 1) * width > token_budget:
                 batches.append(self.rows(torch.tensor(current)))
                 current = []

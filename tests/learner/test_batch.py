@@ -88,3 +88,19 @@ def test_a_row_longer_than_the_budget_gets_a_micro_batch_of_its_own():
     packed = batch.micro_batches(token_budget=8)
     assert [mb.lengths.tolist() for mb in packed] == [[12], [3, 2]]
     assert torch.equal(packed[0].input_ids[0], batch.input_ids[1])
+
+
+def test_micro_batches_match_a_reference_greedy_packing_on_random_lengths():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        lengths = rng.integers(2, 20, size=int(rng.integers(1, 40))).tolist()  # with ties
+        budget = int(rng.integers(16, 120))
+        expected, current = [], []  # greedy over rows sorted longest first, width = the longest so far
+        for n in sorted(lengths, reverse=True):
+            if current and (len(current) + 1) * max(current + [n]) > budget:
+                expected.append(current)
+                current = []
+            current.append(n)
+        expected.append(current)
+        packed = _batch_of_lengths(lengths).micro_batches(token_budget=budget)
+        assert [mb.lengths.tolist() for mb in packed] == expected
