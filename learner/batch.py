@@ -48,7 +48,7 @@ class TrainBatch:
 
     def micro_batches(self, token_budget: int) -> list["TrainBatch"]:
         """Rows sorted by length and packed greedily so that rows x padded length <= token_budget."""
-        lengths = self.lengths.tolist()  # Python ints: indexing the tensor per row and step cost ms a step
+        lengths = self.lengths.tolist()  # Python ints: reading the tensor element by element cost ms an update
         batches, current = [], []
         for row in torch.argsort(self.lengths, descending=True).tolist():
             width = lengths[current[0] if current else row]  # longest first: a micro-batch is as wide as its first row
