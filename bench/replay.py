@@ -150,52 +150,53 @@ def _interleaved_ratios(url: str, template: Group, sizes: Sizes, rounds: int = 8
 
 
 def _breakdown(url: str, template: Group, sizes: Sizes, rounds: int = 8) -> dict:
-    """Where one insert_many and one sample call of `batch` groups spend their time, each part timed
-    in the same round as the raw SET / MGET it is compared with (medians over rounds, ms per call).
+    """Where one insert_many and one sample call of `batch` groups spend their time: each part timed
+    over a block of calls in the same round as the raw SET / MGET it is compared with (blocks, as in
+    `_interleaved_ratios`: single calls swing 3x here), medians over rounds, ms per call.
 
-    The server-side parts (the insert pipeline with payloads already encoded; the sample script plus
+    The shard's parts (the insert pipeline with payloads already encoded; the sample script plus
     the MGET of what it drew) bound the ratio any client could reach on these scripts: the
-    *_bound_ratio figures are raw / server part, as if encoding, decoding and the client's own
+    *_bound_ratio figures are raw / the shard's part, as if encoding, decoding and the client's own
     bookkeeping cost nothing."""
     config = _config("bench-breakdown")
     create_table(config, [url])
     client = ReplayClient(config, [url], seed=0)
     shard = ShardConnection(0, url, config.namespace, None, None, config.retry_down_shard_s)
     conn = redis.Redis.from_url(url)
-    payload, keys = encode_group(template), [f"raw:{i}" for i in range(sizes.batch)]
+    payload, keys, calls = encode_group(template), [f"raw:{i}" for i in range(sizes.batch)], sizes.raw_rounds // 4 or 1
     rng = np.random.default_rng(0)
     parts: dict[str, list[float]] = {}
 
-    def timed(name: str, action):
+    def timed(name: str, action) -> list:
+        """`action(call)` for each call of the block; their results."""
         started = time.perf_counter()
-        result = action()
-        parts.setdefault(name, []).append((time.perf_counter() - started) * 1e3)
-        return result
+        results = [action(c) for c in range(calls)]
+        parts.setdefault(name, []).append((time.perf_counter() - started) * 1e3 / calls)
+        return results
 
     def sample_parts():
-        uniforms = list(map(repr, rng.random(sizes.batch).tolist()))
-        drawn = timed("sample_script", lambda: shard.call("sample", [sizes.batch, 0, *uniforms]))
-        ids = sorted({drawn[3][i].decode() for i in range(0, len(drawn[3]), 5)})
-        fetched = timed("sample_mget", lambda: conn.mget([f"{config.namespace}:p:{gid}" for gid in ids]))
-        timed("sample_decode", lambda: [decode_group(value) for value in fetched])
-        timed("sample", lambda: client.sample(sizes.batch, learner_version=0))
+        # the shard's part: the sample script and the MGET of the payloads it drew
+        replies = timed("sample_server", lambda c: shard.sample(sizes.batch, 0, rng.random(sizes.batch).tolist()))
+        timed("sample_decode", lambda c: [decode_group(payload) for payload in replies[c].payloads.values()])
+        timed("sample", lambda c: client.sample(sizes.batch, learner_version=0))
 
     for r in range(rounds):
-        groups = [dataclasses.replace(template, group_id=f"bd{r}:{j}") for j in range(sizes.batch)]
-        _in_turn(r, lambda: timed("raw_set", lambda: _pipelined_set(conn, keys, payload)),
-                 lambda: timed("insert_server", lambda: shard.insert_many([(f"bs{r}:{j}", payload, 1.0, 0, 0)
-                                                                          for j in range(sizes.batch)])),
-                 lambda: timed("insert_many", lambda: client.insert_many(groups)))
-        timed("insert_encode", lambda: [encode_group(g) for g in groups])
+        batches = [[dataclasses.replace(template, group_id=f"bd{r}:{c}:{j}") for j in range(sizes.batch)]
+                   for c in range(calls)]
+        _in_turn(r, lambda: timed("raw_set", lambda c: _pipelined_set(conn, keys, payload)),
+                 lambda: timed("insert_server", lambda c: shard.insert_many(
+                     [(f"bs{r}:{c}:{j}", payload, 1.0, 0, 0) for j in range(sizes.batch)])),
+                 lambda: timed("insert_many", lambda c: client.insert_many(batches[c])))
+        timed("insert_encode", lambda c: [encode_group(g) for g in batches[c]])
         conn.mget(keys)  # untimed: the first read after the writes is slower, whichever side makes it
-        _in_turn(r, lambda: timed("raw_mget", lambda: conn.mget(keys)), sample_parts)
+        _in_turn(r, lambda: timed("raw_mget", lambda c: conn.mget(keys)), sample_parts)
     conn.close()
     shard.close()
     client.close()
     ms = {name: round(float(np.median(values)), 3) for name, values in parts.items()}
-    return {"ms_per_call": ms,
+    return {"ms_per_call": ms, "calls_per_block": calls,
             "insert_bound_ratio": round(ms["raw_set"] / ms["insert_server"], 3),
-            "sample_bound_ratio": round(ms["raw_mget"] / (ms["sample_script"] + ms["sample_mget"]), 3)}
+            "sample_bound_ratio": round(ms["raw_mget"] / ms["sample_server"], 3)}
 
 
 def _in_turn(round_index: int, *actions) -> list:
