@@ -319,17 +319,20 @@ def rescale(run: Run) -> None:
 
 
 def step_record(run: Run, step: int, learner: dict, meter: RolloutMeter) -> tuple[dict, dict]:
+    # The admission calls go out first and are collected last: they run while the workers and the
+    # replay are asked (the actor runs them in order, so totals still precede the curriculum update).
+    trained = {key[len("signal/"):]: (value, learner.get(f"signal_groups/{key[len('signal/'):]}", 0.0))
+               for key, value in learner.items() if key.startswith("signal/")}
+    admitted_ref = run.admission.totals.remote()
+    probabilities_ref = run.admission.update_curriculum.remote(trained)
     record = {"step": step, **learner}
     meter.update(run.workers.stats())
     record |= meter.record() | run.workers.counts()
-    admitted = ray.get(run.admission.totals.remote(), timeout=CALL_TIMEOUT_S)
-    record |= {f"admission/{k}": v for k, v in admitted.items()}
-    trained = {key[len("signal/"):]: (value, learner.get(f"signal_groups/{key[len('signal/'):]}", 0.0))
-               for key, value in learner.items() if key.startswith("signal/")}
-    probabilities = ray.get(run.admission.update_curriculum.remote(trained), timeout=CALL_TIMEOUT_S)
-    record |= {f"curriculum/p/{category}": p for category, p in probabilities.items()}
     replay = run.replay.stats().to_dict()
     record |= {k: v for k, v in replay.items() if not PER_SHARD_KEY.match(k)}  # service totals, not per shard
+    admitted, probabilities = ray.get([admitted_ref, probabilities_ref], timeout=CALL_TIMEOUT_S)
+    record |= {f"admission/{k}": v for k, v in admitted.items()}
+    record |= {f"curriculum/p/{category}": p for category, p in probabilities.items()}
     return record, replay
 
 
