@@ -357,11 +357,17 @@ def train_loop(run: Run, step: int, resume_hint: str) -> int:
             policy.saved(step)
             continue
         step += 1
+        evaluating = bool(cfg.eval.every) and (step % cfg.eval.every == 0 or step == cfg.steps)
+        saving = policy.due(step) or step == cfg.steps
+        if cfg.mode == "async" and not (evaluating or saving):
+            # The next update runs while this one is recorded (evaluations and checkpoints see this
+            # step's weights, so they wait for the next step's start instead).
+            run.learners.begin_step()
         record, replay = step_record(run, step, learner, meter)
-        if cfg.eval.every and (step % cfg.eval.every == 0 or step == cfg.steps):
+        if evaluating:
             record |= evaluate(run)
             run.progress.evaluated(step, record)
-        if policy.due(step) or step == cfg.steps:
+        if saving:
             record["time/checkpoint_s"] = checkpoint(run, step)
             policy.saved(step)
         record["wall_s"] = time.time() - run.started
@@ -376,8 +382,12 @@ def train_loop(run: Run, step: int, resume_hint: str) -> int:
 
 def _save_on_the_way_out(run: Run, step: int, resume_hint: str) -> None:
     """Preemption: a final checkpoint, within its bound, and how to resume."""
-    run.note(f"stopping: saving a checkpoint of step {step} (at most {run.cfg.checkpoint.timeout_s:.0f}s)...")
+    run.note(f"stopping: saving a checkpoint (at most {run.cfg.checkpoint.timeout_s:.0f}s)...")
     try:
+        learner = run.learners.settle(run.cfg.faults.watchdog_s)
+        if learner is not None:  # an update begun before the interrupt: it is a step, and it is recorded
+            step += 1
+            run.writer.write({"step": step, **learner, "wall_s": time.time() - run.started})
         checkpoint(run, step)
         run.note(f"checkpoint of step {step} saved in {run.learners.checkpoint_dir}; resume with: {resume_hint}")
     except Exception as e:  # the run is ending anyway: report, then let the interrupt through

@@ -16,7 +16,6 @@ from pathlib import Path
 import ray
 
 from cluster.checkpoints import CheckpointConfig
-from learner.learner_actor import RemoteLearner
 
 log = logging.getLogger(__name__)
 SUMMED_OVER_RANKS = ("learner_tokens_per_s", "groups")  # per-rank counts; everything else is already global
@@ -44,6 +43,7 @@ class LearnerGroup:
         self.checkpoints = checkpoints
         self.ranks: list = []
         self.restarts = 0
+        self._in_flight: list | None = None  # the ranks' refs of an update begun and not yet collected
 
     def start(self) -> None:
         """Start every rank; they meet at rank 0's node address on a port free there."""
@@ -54,12 +54,18 @@ class LearnerGroup:
     def restart(self) -> None:
         for rank in self.ranks:
             ray.kill(rank, no_restart=True)
+        self._in_flight = None
         self.restarts += 1
         self.start()
 
+    def begin_step(self) -> None:
+        """Start the next update on every rank without waiting for it; `step` collects it."""
+        self._in_flight = [r.train_step.remote() for r in self.ranks]
+
     def step(self, watchdog_s: float) -> dict:
-        """One update on every rank; the record merges the ranks' metrics."""
-        per_rank = self._gather([r.train_step.remote() for r in self.ranks], watchdog_s, "training a step")
+        """One update on every rank (the one begun, if any); the record merges the ranks' metrics."""
+        refs, self._in_flight = self._in_flight or [r.train_step.remote() for r in self.ranks], None
+        per_rank = self._gather(refs, watchdog_s, "training a step")
         merged = {}
         for key in dict.fromkeys(k for m in per_rank for k in m):  # a category may be on some ranks only
             values = [m[key] for m in per_rank if isinstance(m.get(key), (int, float))]
@@ -68,8 +74,14 @@ class LearnerGroup:
                     else sum(values) / len(values)
         return merged
 
+    def settle(self, watchdog_s: float) -> dict | None:
+        """Finish an update begun and not collected (before a final checkpoint): its record, or None."""
+        return None if self._in_flight is None else self.step(watchdog_s)
+
     def save(self, step: int, driver_state: dict) -> float:
         """Checkpoint `step` (every rank); returns the seconds it took."""
+        if self._in_flight is not None:
+            raise RuntimeError(f"cannot checkpoint step {step}: a later update is in flight (settle it first)")
         started = time.monotonic()
         self._gather([r.save_checkpoint.remote(str(self.checkpoint_dir), f"step{step}", driver_state,
                                                self.checkpoints.keep) for r in self.ranks],

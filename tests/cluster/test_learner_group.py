@@ -1,0 +1,86 @@
+"""LearnerGroup's update begun ahead (async mode records one step while the next one runs), on a
+local Ray with counting stand-in ranks: a begun update is collected, not run twice; a final
+checkpoint settles it first; a restart forgets it. The real learner's path is covered by the
+integration tests (tests/integration/test_pipeline.py, test_faults.py)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+
+import pytest
+import ray
+
+from cluster.checkpoints import CheckpointConfig
+from cluster.learner_group import LearnerGroup
+
+
+@ray.remote
+class CountingRank:
+    """Answers what LearnerGroup asks of a rank; each train_step is one more version."""
+
+    def __init__(self, rank: int) -> None:
+        self.rank, self.version, self.saved = rank, 0, []
+
+    def rendezvous_address(self):
+        return "127.0.0.1", 0
+
+    def setup(self, address, port) -> None:
+        pass
+
+    def train_step(self) -> dict:
+        self.version += 1
+        return {"policy_version": self.version, "groups": 8}
+
+    def save_checkpoint(self, directory, tag, driver_state, keep) -> None:
+        self.saved.append((tag, self.version))
+
+    def state(self) -> tuple[int, list]:
+        return self.version, self.saved
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    temp_dir = tempfile.mkdtemp(prefix="tl", dir="/tmp")
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
+    yield
+    ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def group(tmp_path) -> LearnerGroup:
+    learners = LearnerGroup(CountingRank.remote, 2, tmp_path, CheckpointConfig())
+    learners.start()
+    yield learners
+    learners.kill()
+
+
+def _versions(learners: LearnerGroup) -> list[int]:
+    return [ray.get(rank.state.remote())[0] for rank in learners.ranks]
+
+
+def test_a_begun_update_is_collected_by_the_next_step_not_run_again(group):
+    assert group.step(10)["policy_version"] == 1
+    group.begin_step()
+    record = group.step(10)
+    assert record["policy_version"] == 2 and record["groups"] == 16  # summed over the 2 ranks
+    assert _versions(group) == [2, 2]
+    assert group.step(10)["policy_version"] == 3  # nothing begun: this one runs now
+
+
+def test_settle_finishes_a_begun_update_and_a_checkpoint_waits_for_it(group):
+    assert group.settle(10) is None  # nothing begun
+    group.begin_step()
+    with pytest.raises(RuntimeError, match="cannot checkpoint step 0: a later update is in flight"):
+        group.save(0, {})
+    assert group.settle(10)["policy_version"] == 1
+    group.save(1, {"step": 1})
+    assert [ray.get(rank.state.remote())[1] for rank in group.ranks] == [[("step1", 1)], [("step1", 1)]]
+
+
+def test_a_restart_forgets_the_update_begun_on_the_old_ranks(group):
+    group.begin_step()
+    group.restart()
+    assert group.settle(10) is None
+    assert group.step(10)["policy_version"] == 1  # the new ranks' first update
