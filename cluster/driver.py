@@ -360,8 +360,8 @@ def train_loop(run: Run, step: int, resume_hint: str) -> int:
         evaluating = bool(cfg.eval.every) and (step % cfg.eval.every == 0 or step == cfg.steps)
         saving = policy.due(step) or step == cfg.steps
         if cfg.mode == "async" and not (evaluating or saving):
-            # The next update runs while this one is recorded (evaluations and checkpoints see this
-            # step's weights, so they wait for the next step's start instead).
+            # The next update runs while this one is recorded. Not when this step evaluates or
+            # checkpoints: those must see this step's weights, so the next update starts after them.
             run.learners.begin_step()
         record, replay = step_record(run, step, learner, meter)
         if evaluating:

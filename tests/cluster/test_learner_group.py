@@ -56,8 +56,9 @@ def group(tmp_path) -> LearnerGroup:
     learners.kill()
 
 
-def _versions(learners: LearnerGroup) -> list[int]:
-    return [ray.get(rank.state.remote())[0] for rank in learners.ranks]
+def _states(learners: LearnerGroup) -> list[tuple[int, list]]:
+    """Each rank's (version, checkpoints saved as (tag, version))."""
+    return ray.get([rank.state.remote() for rank in learners.ranks], timeout=30)
 
 
 def test_a_begun_update_is_collected_by_the_next_step_not_run_again(group):
@@ -65,7 +66,7 @@ def test_a_begun_update_is_collected_by_the_next_step_not_run_again(group):
     group.begin_step()
     record = group.step(10)
     assert record["policy_version"] == 2 and record["groups"] == 16  # summed over the 2 ranks
-    assert _versions(group) == [2, 2]
+    assert [version for version, _ in _states(group)] == [2, 2]
     assert group.step(10)["policy_version"] == 3  # nothing begun: this one runs now
 
 
@@ -76,7 +77,7 @@ def test_settle_finishes_a_begun_update_and_a_checkpoint_waits_for_it(group):
         group.save(0, {})
     assert group.settle(10)["policy_version"] == 1
     group.save(1, {"step": 1})
-    assert [ray.get(rank.state.remote())[1] for rank in group.ranks] == [[("step1", 1)], [("step1", 1)]]
+    assert [saved for _, saved in _states(group)] == [[("step1", 1)], [("step1", 1)]]
 
 
 def test_a_restart_forgets_the_update_begun_on_the_old_ranks(group):
