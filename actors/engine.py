@@ -97,6 +97,15 @@ class VLLMEngine:
         self._engine.set_weight_version(str(version))
 
 
+def make_engine(model_path: str, config: EngineConfig, seed: int = 0) -> Engine:
+    """The engine `config.kind` names, loaded from the local HF folder `model_path`."""
+    if config.kind == "transformers":
+        from actors.hf_engine import TransformersEngine  # imports this module: a cycle at load time otherwise
+
+        return TransformersEngine(model_path, config, seed=seed)
+    return VLLMEngine(model_path, config, seed=seed)
+
+
 def _sample(output) -> Sample:
     token_ids = list(output.token_ids)
     logprobs = [step[token].logprob for step, token in zip(output.logprobs, token_ids)]

@@ -1,13 +1,14 @@
-"""Settings of one rollout inference engine: the ones Tidal sets itself, and any other vLLM engine
-argument passed through (checked against vLLM's own EngineArgs fields when the config loads)."""
+"""Settings of one rollout inference engine: which engine, the settings Tidal sets itself, and any
+other vLLM engine argument passed through (checked against vLLM's own EngineArgs fields when the
+config loads)."""
 
 from __future__ import annotations
 
 import dataclasses
 from functools import cache
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 @cache
@@ -20,6 +21,10 @@ def vllm_engine_argument_names() -> frozenset[str]:
 class EngineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    kind: Literal["vllm", "transformers"] = "vllm"
+    """vllm: continuous batching, any model size, GPUs and tensor parallelism. transformers: a
+    static-batch engine on plain transformers (actors/hf_engine.py) for models of a few million
+    parameters on CPU, where vLLM's per-step scheduling costs more than the forward pass."""
     dtype: str = "float32"
     """Weights and activations dtype; float32 on CPU so logprobs match the learner's."""
     kv_cache_mb: int = Field(256, gt=0)
@@ -45,6 +50,12 @@ class EngineConfig(BaseModel):
         if unknown:
             raise ValueError(f"unknown vLLM engine arguments {unknown} (not fields of vllm.EngineArgs)")
         return arguments
+
+    @model_validator(mode="after")
+    def _vllm_arguments_need_vllm(self) -> "EngineConfig":
+        if self.kind != "vllm" and self.vllm:
+            raise ValueError(f"vllm engine arguments {sorted(self.vllm)} are set but kind is {self.kind!r}")
+        return self
 
     def engine_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of vllm.LLM besides model and seed."""

@@ -24,7 +24,7 @@ import ray
 import torch
 
 from actors.config import EnvConfig, RolloutConfig
-from actors.engine import VLLMEngine
+from actors.engine import make_engine
 from actors.episode import Episode
 from actors.episode_loop import EpisodeLoop, GroupRun
 from actors.rendering import make_renderer
@@ -64,7 +64,7 @@ class RolloutWorker:
         torch.set_num_threads(1)  # several workers share the machine's cores
         self.cfg, self.env_cfg = cfg, env_cfg
         self.name = name
-        self.engine = VLLMEngine(model_path, cfg.engine, seed=seed)
+        self.engine = make_engine(model_path, cfg.engine, seed=seed)
         self.errors = EpisodeErrorCounter()
         self.loop = EpisodeLoop(self.engine, make_renderer(AutoTokenizer.from_pretrained(model_path)), cfg.limits,
                                 self.errors)

@@ -146,6 +146,13 @@ class RunConfig(BaseModel):
                              f"(max_staleness + 1) * learner.groups_per_step = {window}: it could never be reached")
         return self
 
+    @model_validator(mode="after")
+    def _tensor_parallel_needs_vllm(self) -> "RunConfig":
+        if self.placement.tensor_parallel_size > 1 and self.rollout.engine.kind != "vllm":
+            raise ValueError(f"placement.tensor_parallel_size={self.placement.tensor_parallel_size} needs "
+                             f"rollout.engine.kind 'vllm' (it is {self.rollout.engine.kind!r})")
+        return self
+
 
 def _describe(error: ValidationError) -> str:
     lines = []

@@ -1,8 +1,9 @@
-"""Multi-turn episodes on real parts: a rollout worker (Ray actor) with a vLLM engine, running the
-calculator tool env and a chat-template model through several turns.
+"""Multi-turn episodes on real parts: a rollout worker (Ray actor) with a vLLM engine (and, for the
+calculator, the transformers engine too), running the calculator tool env and a chat-template
+model through several turns.
 
 Checks what the token-in / token-out contract promises: the env's observations sit in the
-context as env tokens (mask 0) exactly as the env wrote them, and the behaviour logprobs vLLM
+context as env tokens (mask 0) exactly as the env wrote them, and the behaviour logprobs the engine
 returned for the model's tokens are those a transformers forward pass of the same weights
 gives for the whole multi-turn context (so nothing was re-tokenized in between).
 """
@@ -70,14 +71,20 @@ def _assert_logprob_parity(model_path: str, probes: list[dict]) -> None:
         np.testing.assert_allclose(np.array(probe["logprobs"])[mask], completion[mask], atol=1e-3)
 
 
-def test_calculator_tool_episodes_on_vllm(services, tmp_path_factory):
-    # A warm start that always calls the tool, so that every episode has at least two turns.
+@pytest.fixture(scope="module")
+def calculator_model(tmp_path_factory) -> str:
+    """A warm start that always calls the tool, so that every episode has at least two turns."""
     settings = DemoModelSettings(warm_start=CalculatorWarmStart(tool_rate=1.0, num_problems=2000, steps=150),
                                  sft_batch_size=32)
-    model_path = str(build_demo_model(cache_dir=tmp_path_factory.mktemp("models"), settings=settings))
+    return str(build_demo_model(cache_dir=tmp_path_factory.mktemp("models"), settings=settings))
+
+
+@pytest.mark.parametrize("engine", ["vllm", "transformers"])
+def test_calculator_tool_episodes(services, calculator_model, engine):
+    model_path = calculator_model
     env = EnvConfig(name="calculator", params={"instructions": ""}, task_source="arithmetic",
                     task_params={"max_operand": 999})
-    rollout = RolloutConfig(sampling={"max_new_tokens": 12}, limits={"max_turns": 4})
+    rollout = RolloutConfig(sampling={"max_new_tokens": 12}, limits={"max_turns": 4}, engine={"kind": engine})
     probes = _probe(model_path, env, rollout, services, 8)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     multi_turn = 0
