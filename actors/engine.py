@@ -5,7 +5,9 @@ between steps. `VLLMEngine` implements it on vLLM's LLMEngine (add_request / ste
 requests join the running batch as others finish (continuous batching) instead of waiting for a
 whole round. vLLM labels every sampled token with the weight version that was loaded when it was
 generated, which is what lets weights change between steps while sequences are in flight
-(partial rollouts): the tokens before and after the swap keep their own versions.
+(partial rollouts): the tokens before and after the swap keep their own versions. `make_engine`
+builds the engine `rollout.engine.kind` names: this one, or the transformers engine for tiny models
+on CPU (actors/hf_engine.py).
 """
 
 from __future__ import annotations

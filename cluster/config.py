@@ -59,6 +59,8 @@ class EvalConfig(BaseModel):
     """What to evaluate; empty: the training env. Games evaluate against fixed opponents, e.g.
     [{name: tictactoe, params: {opponent: random}}, {name: tictactoe, params: {opponent: heuristic},
     suffix: _heuristic}]."""
+    greedy: bool = True
+    """Also evaluate greedily (T=0) beside the sampled pass@1 (T=1); it doubles an evaluation's work."""
     kuhn_exploitability: bool = False
     """Also report the exact exploitability of the policy's Kuhn poker strategy (eval_exploitability)."""
 

@@ -151,8 +151,6 @@ def start_run(cfg: RunConfig, run_dir: Path, stack: ExitStack, progress: Progres
     replay = ReplayClient(replay_cfg, shards.urls)
     stack.callback(replay.close)
     channel = WeightChannel.remote()
-    admission = RemoteAdmissionController.remote(cfg.learner.groups_per_step, cfg.rollout.max_staleness,
-                                                 cfg.curriculum, cfg.env.build_task_source().categories, cfg.seed)
 
     placement = cfg.placement
     check_capacity(placement, cfg.rollout.num_workers, cfg.learner.num_ranks)
@@ -187,17 +185,22 @@ def start_run(cfg: RunConfig, run_dir: Path, stack: ExitStack, progress: Progres
             name, model_path, rollout, cfg.env, replay_cfg, shards.urls, channel, admission,
             cfg.seed + 1000 * (slot + 1), cfg.weights)
 
+    # The learner ranks first: at start-up they are the longest chain (DeepSpeed and transformers
+    # imports), and Ray starts only as many actor processes at a time as the node has CPUs.
+    progress.note(f"starting {cfg.learner.num_ranks} learner rank(s) and {cfg.rollout.num_workers} rollout "
+                  f"workers ({cfg.rollout.engine.kind} engines)...")
     learners = LearnerGroup(make_rank, cfg.learner.num_ranks, run_dir / "checkpoints", cfg.checkpoint)
+    learners.launch()
+    stack.callback(learners.kill)
+    admission = RemoteAdmissionController.remote(cfg.learner.groups_per_step, cfg.rollout.max_staleness,
+                                                 cfg.curriculum, cfg.env.build_task_source().categories, cfg.seed)
     workers = WorkerPool(start_worker, admission, cfg.mode == "async",
                          RestartBudget(cfg.faults.worker_restarts, cfg.faults.worker_restart_window_s),
                          on_ready=lambda w: record.add("rollout", w.name, w.handle, placement.rollout.request()),
                          on_gone=lambda w: (record.ended(w.name), channel.peer_gone.remote(w.name)))
-    progress.note(f"starting {cfg.learner.num_ranks} learner rank(s) and {cfg.rollout.num_workers} rollout "
-                  "workers (vLLM warm-up)...")
     workers.start(cfg.rollout.num_workers)
     stack.callback(workers.stop_all, CALL_TIMEOUT_S)
-    learners.start()
-    stack.callback(learners.kill)
+    learners.join()
     record_learners(record, learners, placement)
     workers.wait_ready(cfg.faults.start_timeout_s)
     live.refresh(force=True)
@@ -215,14 +218,16 @@ def record_learners(record: PlacementRecord, learners: LearnerGroup, placement) 
 # -- the loop's parts ---------------------------------------------------------------------------
 def evaluate(run: Run) -> dict:
     """Each evaluation env's own measures on the held-out set at the latest weights: sampled (T=1,
-    pass@1) as `eval_<measure><suffix>` and greedy as `eval_<measure><suffix>_greedy`. Any ready
-    worker does it."""
+    pass@1) as `eval_<measure><suffix>` and, unless `eval.greedy` is off, greedy as
+    `eval_<measure><suffix>_greedy`. Any ready worker does it."""
     record = {}
+    variants = (("1.0", ""), ("0.0", "_greedy")) if run.cfg.eval.greedy else (("1.0", ""),)
+    temperatures = tuple(float(temperature) for temperature, _ in variants)
     for env, suffix in run.cfg.eval_envs():
-        results = run.workers.on_any(lambda h, env=env: h.evaluate.remote((1.0, 0.0), env), EVAL_TIMEOUT_S,
+        results = run.workers.on_any(lambda h, env=env: h.evaluate.remote(temperatures, env), EVAL_TIMEOUT_S,
                                      "evaluation")
         record["eval_policy_version"] = results["policy_version"]
-        for temperature, greedy in (("1.0", ""), ("0.0", "_greedy")):
+        for temperature, greedy in variants:
             record |= {f"eval_{name}{suffix}{greedy}": value for name, value in results[temperature].items()}
     if run.cfg.eval.kuhn_exploitability:
         record |= kuhn_exploitability(run.tokenizer, lambda contexts, candidates: run.learners.call_rank0(

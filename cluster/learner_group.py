@@ -46,8 +46,16 @@ class LearnerGroup:
         self._in_flight: list | None = None  # the ranks' refs of an update begun and not yet collected
 
     def start(self) -> None:
-        """Start every rank; they meet at rank 0's node address on a port free there."""
+        """Start every rank and wait until they have met."""
+        self.launch()
+        self.join()
+
+    def launch(self) -> None:
+        """Create the rank actors without waiting for them (their processes start meanwhile)."""
         self.ranks = [self._make_rank(rank) for rank in range(self.num_ranks)]
+
+    def join(self) -> None:
+        """Wait until the launched ranks meet at rank 0's node address, on a port free there."""
         address, port = self._gather([self.ranks[0].rendezvous_address.remote()], START_TIMEOUT_S, "starting")[0]
         self._gather([r.setup.remote(address, port) for r in self.ranks], START_TIMEOUT_S, "joining the process group")
 

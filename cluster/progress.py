@@ -42,7 +42,8 @@ class Progress:
             return f"{record[f'eval_{name}']:.3f}" + (f" / {greedy:.3f}" if greedy is not None else "")
 
         self._eval = "eval " + " ".join(value(n).replace(" ", "") for n in shown[:2])
-        self.note(f"step {step}: held-out (sampled / greedy) " + ", ".join(f"{n} {value(n)}" for n in shown))
+        kinds = "sampled / greedy" if any(f"eval_{n}_greedy" in record for n in shown) else "sampled"
+        self.note(f"step {step}: held-out ({kinds}) " + ", ".join(f"{n} {value(n)}" for n in shown))
 
     def stepped(self, record: dict) -> None:
         text = (f"reward {record.get('reward_mean', float('nan')):.2f}  {self._eval}  "

@@ -27,7 +27,7 @@ def test_a_run_on_the_transformers_engine_trains_and_serves_the_new_weights(tmp_
     cfg = load_config(None, {
         "name": "hf-engine-test", "run_root": str(tmp_path / "runs"), "steps": STEPS, "model": {"path": str(model_path)},
         "rollout": {"num_workers": 1, "groups_in_flight": 4, "engine": {"kind": "transformers"}},
-        "learner": {"groups_per_step": 4}, "ray": {"include_dashboard": False, "num_cpus": 4},
+        "learner": {"groups_per_step": 4}, "eval": {"greedy": False}, "ray": {"include_dashboard": False, "num_cpus": 4},
     })
     run_dir = tmp_path / "runs" / "hf"
     run_dir.mkdir(parents=True)
@@ -46,3 +46,4 @@ def test_a_run_on_the_transformers_engine_trains_and_serves_the_new_weights(tmp_
         completion = np.array(learner_logprobs)[sample["prompt_len"] - 1:]
         np.testing.assert_allclose(np.array(sample["logprobs"])[mask], completion[mask], atol=1e-3)
     assert 0.0 <= evaluation["eval_accuracy"] <= 1.0 and evaluation["eval_policy_version"] == STEPS
+    assert not [key for key in evaluation if key.endswith("_greedy")]  # eval.greedy: false
