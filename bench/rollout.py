@@ -6,9 +6,11 @@ One vLLM engine serves both sides, so engine settings cannot differ. Ours: the e
 one request of n = 8 per group, rewards, trajectories) until every group is done, twice: with
 the demo's env calls inline and with every env call on the env-call threads (what a tool env
 gets). Raw: the same 32 prompts, tokenized by the same renderer, through `LLM.generate` with
-n = 8 and the same sampling settings, the fastest a caller of vLLM gets. Rounds alternate (inline,
-threads, raw); tokens/s is generated tokens over wall time; medians, and each ratio is the
-median of per-round ratios to raw.
+n = 8 and the same sampling settings, the fastest a caller of vLLM gets. A third side runs the
+episode loop (env calls inline) on the transformers engine (`rollout.engine.kind: transformers`),
+to show which engine to pick at each model size. Rounds alternate (inline, threads, transformers,
+raw); tokens/s is generated tokens over wall time; medians, and each ratio is the median of
+per-round ratios to raw vLLM.
 Writes bench/results/rollout.json and prints a table.
 
     tidal bench rollout            # both models (~3 minutes on 2 cores)
@@ -73,7 +75,7 @@ def measure(name: str, root: Path, rounds: int) -> dict:
     from transformers import AutoTokenizer
 
     from actors.config import RolloutConfig
-    from actors.engine import VLLMEngine
+    from actors.engine import VLLMEngine, make_engine
     from actors.rendering import make_renderer
     from cluster.config import RunConfig
 
@@ -85,10 +87,12 @@ def measure(name: str, root: Path, rounds: int) -> dict:
     renderer = make_renderer(AutoTokenizer.from_pretrained(path))
     prompts = [renderer.first(env_cfg.build_env().reset(task)) for task in tasks]
     engine = VLLMEngine(path, rollout.engine, seed=0)
-    rates: dict[str, list[float]] = {"ours": [], "ours_threads": [], "raw": []}
+    hf_engine = make_engine(path, rollout.engine.model_copy(update={"kind": "transformers"}), seed=0)
+    rates: dict[str, list[float]] = {"ours": [], "ours_threads": [], "ours_transformers": [], "raw": []}
     for round_index in range(rounds + 1):  # round 0 warms up
         for key, run in (("ours", lambda: episode_loop_s(engine, renderer, tasks, env_cfg, rollout)),
                          ("ours_threads", lambda: episode_loop_s(engine, renderer, tasks, threaded_env, rollout)),
+                         ("ours_transformers", lambda: episode_loop_s(hf_engine, renderer, tasks, env_cfg, rollout)),
                          ("raw", lambda: raw_generate_s(engine, prompts, rollout))):
             seconds, tokens = run()
             if round_index:
@@ -97,10 +101,12 @@ def measure(name: str, root: Path, rounds: int) -> dict:
            "max_new_tokens": rollout.sampling.max_new_tokens,
            **{f"{key}_tokens_per_s": statistics.median(values) for key, values in rates.items()},
            "ratio": median_ratio(rates["ours"], rates["raw"]),
-           "ratio_threads": median_ratio(rates["ours_threads"], rates["raw"])}
+           "ratio_threads": median_ratio(rates["ours_threads"], rates["raw"]),
+           "ratio_transformers": median_ratio(rates["ours_transformers"], rates["raw"])}
     print(f"rollout: {name} ({params / 1e6:.1f}M) ours {row['ours_tokens_per_s']:.0f} tok/s (env threads "
-          f"{row['ours_threads_tokens_per_s']:.0f}), raw vLLM {row['raw_tokens_per_s']:.0f}, ratio {row['ratio']:.2f} "
-          f"({row['ratio_threads']:.2f})", file=sys.stderr)
+          f"{row['ours_threads_tokens_per_s']:.0f}, transformers engine {row['ours_transformers_tokens_per_s']:.0f}), "
+          f"raw vLLM {row['raw_tokens_per_s']:.0f}, ratio {row['ratio']:.2f} ({row['ratio_threads']:.2f}, "
+          f"{row['ratio_transformers']:.2f})", file=sys.stderr)
     return row
 
 
@@ -118,12 +124,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="tidal-rollout-") as root:
         results = [measure(name, Path(root), rounds) for name in models]
     write_report(args.out, {"rounds": rounds, "groups": GROUPS, "group_size": GROUP_SIZE}, started, results)
-    print(f"{'model':>6} {'params':>7} {'ours tok/s':>11} {'env threads':>12} {'raw vLLM tok/s':>15} {'ratio':>6} "
-          f"{'threads':>8}")
+    print(f"{'model':>6} {'params':>7} {'ours tok/s':>11} {'env threads':>12} {'transformers':>13} "
+          f"{'raw vLLM tok/s':>15} {'ratio':>6} {'threads':>8} {'transformers':>13}")
     for row in results:
         print(f"{row['model']:>6} {row['params'] / 1e6:6.1f}M {row['ours_tokens_per_s']:11.0f} "
-              f"{row['ours_threads_tokens_per_s']:12.0f} {row['raw_tokens_per_s']:15.0f} {row['ratio']:6.2f} "
-              f"{row['ratio_threads']:8.2f}")
+              f"{row['ours_threads_tokens_per_s']:12.0f} {row['ours_transformers_tokens_per_s']:13.0f} "
+              f"{row['raw_tokens_per_s']:15.0f} {row['ratio']:6.2f} {row['ratio_threads']:8.2f} "
+              f"{row['ratio_transformers']:13.2f}")
     print(f"wrote {args.out}")
     return 0
 

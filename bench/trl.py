@@ -4,10 +4,14 @@ TRL runs in its own virtualenv (`--trl-venv`, created with torch 2.13.0 and trl 
 use) through bench/_trl_grpo.py, one process, on the same demo model, training split, held-out
 set, scoring rule and RL settings as `tidal train` (16 prompts x 8 samples per step, lr 2e-4,
 constant, clip [0.8, 1.28], token-mean loss, no KL, group-normalised advantages, at most 8 new
-tokens, T=1). Pairs alternate which goes first. Time to target counts from each run's first
-evaluation (training only); start-up is reported beside it. Writes bench/results/trl.json.
+tokens, T=1). Each seed has its own demo model, the same for both systems, built before any clock
+starts; Tidal evaluates sampled pass@1 only, as the TRL runner does. Tidal runs once per rollout
+engine in each round (`--engines`: vllm, the demo's default, and transformers, the engine for tiny
+models on CPU, which is also what TRL generates with); rounds alternate which system goes first.
+Time to target counts from each run's first evaluation (training only); start-up is reported
+beside it. Writes bench/results/trl.json.
 
-    tidal bench trl                        # 2 pairs (~10 minutes on 2 cores after the venv exists)
+    tidal bench trl                        # 2 rounds of 3 runs (~12 minutes on 2 cores after the venv exists)
     tidal bench trl --pairs 1 --steps 100
 """
 
@@ -23,6 +27,8 @@ import time
 from pathlib import Path
 
 from bench._common import outcome, train_evaluations, wait_for_other_runs, write_report
+from cluster.config import RunConfig
+from cluster.demo_model import build_demo_model
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "trl.json"
@@ -44,8 +50,6 @@ def ensure_trl_venv(venv: Path, timeout_s: float) -> Path:
 
 def trl_spec(args: argparse.Namespace, seed: int, work: Path) -> dict:
     """The demo's model, data and RL settings (cluster/config.py defaults) for the TRL runner."""
-    from cluster.config import RunConfig
-    from cluster.demo_model import build_demo_model
     from envs.tasks import ArithmeticTasks
 
     demo = RunConfig()
@@ -53,7 +57,7 @@ def trl_spec(args: argparse.Namespace, seed: int, work: Path) -> dict:
     train, held_out = tasks.train_tasks(), tasks.eval_tasks()
     objective = demo.loss.objective
     return {
-        "model_path": str(build_demo_model(seed=demo.seed, settings=demo.model.demo)), "seed": seed,
+        "model_path": str(build_demo_model(seed=seed, settings=demo.model.demo)), "seed": seed,
         "train_prompts": [t.prompt for t in train], "train_answers": [t.answer for t in train],
         "eval_prompts": [t.prompt for t in held_out], "eval_answers": [t.answer for t in held_out],
         "steps": args.steps, "eval_every": args.eval_every, "lr": demo.learner.optim.lr,
@@ -78,11 +82,13 @@ def run_trl(python: Path, args: argparse.Namespace, seed: int, work: Path) -> di
             "trl_version": result["trl_version"], **_timed_outcome(result["evals"], args.target)}
 
 
-def run_tidal(args: argparse.Namespace, seed: int, work: Path) -> dict:
+def run_tidal(args: argparse.Namespace, seed: int, work: Path, engine: str) -> dict:
     evals, run_s = train_evaluations("trl", {
-        "name": f"trl-bench-tidal-{seed}", "seed": seed, "steps": args.steps, "run_root": str(work),
-        "learner": {"seed": seed}, "eval": {"every": args.eval_every}}, f"tidal train seed {seed}")
-    return {"system": "tidal", "seed": seed, "run_s": run_s, "startup_s": evals[0]["wall_s"],
+        "name": f"trl-bench-tidal-{engine}-{seed}", "seed": seed, "steps": args.steps, "run_root": str(work),
+        "learner": {"seed": seed}, "rollout": {"engine": {"kind": engine}},
+        "eval": {"every": args.eval_every, "greedy": False}},  # TRL's runner evaluates sampled pass@1 only
+        f"tidal train seed {seed}, {engine} engine")
+    return {"system": f"tidal/{engine}", "seed": seed, "run_s": run_s, "startup_s": evals[0]["wall_s"],
             **_timed_outcome(evals, args.target)}
 
 
@@ -90,13 +96,13 @@ def _timed_outcome(evals: list[dict], target: float) -> dict:
     return outcome(evals, target) | {"train_s": evals[-1]["wall_s"] - evals[0]["wall_s"]}
 
 
-def summary(runs: list[dict]) -> dict:
+def summary(runs: list[dict], systems: list[str]) -> dict:
     def median_of(system: str, key: str) -> float | None:
         values = [r[key] for r in runs if r["system"] == system and r[key] is not None]
         return statistics.median(values) if values else None
 
     return {f"{system}_median_{key}": median_of(system, key)
-            for system in ("tidal", "trl") for key in ("time_to_target_s", "startup_s", "final_accuracy")}
+            for system in systems for key in ("time_to_target_s", "startup_s", "final_accuracy")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,19 +115,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trl-venv", type=Path, default=ROOT / ".venv-trl")
     parser.add_argument("--run-timeout-s", type=float, default=1800.0,
                         help="bound on one TRL run, and on each step of installing its virtualenv")
+    parser.add_argument("--engines", nargs="+", choices=["vllm", "transformers"], default=["vllm", "transformers"],
+                        help="Tidal's rollout engines, one Tidal run each per pair")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    python, started, runs = ensure_trl_venv(args.trl_venv, args.run_timeout_s), time.time(), []
+    systems = [*(f"tidal/{engine}" for engine in args.engines), "trl"]
+    python = ensure_trl_venv(args.trl_venv, args.run_timeout_s)
+    for seed in range(args.pairs):  # each seed's demo model (Tidal's `seed` builds it; TRL gets the same), before any clock
+        build_demo_model(seed=seed, settings=RunConfig().model.demo)
+    started, runs = time.time(), []
     with tempfile.TemporaryDirectory(prefix="tidal-trl-") as work:
-        for seed in range(args.pairs):
-            for system in ("tidal", "trl") if seed % 2 == 0 else ("trl", "tidal"):
-                runs.append(run_tidal(args, seed, Path(work)) if system == "tidal"
-                            else run_trl(python, args, seed, Path(work)))
-    write_report(args.output, vars(args), started, [summary(runs), *runs])
-    print(f"{'system':>6} {'seed':>4} {'start-up s':>10} {'s to target':>11} {'final pass@1':>12}")
+        for seed in range(args.pairs):  # the order alternates from pair to pair
+            for system in systems if seed % 2 == 0 else reversed(systems):
+                runs.append(run_trl(python, args, seed, Path(work)) if system == "trl"
+                            else run_tidal(args, seed, Path(work), system.removeprefix("tidal/")))
+    write_report(args.output, vars(args), started, [summary(runs, systems), *runs])
+    print(f"{'system':>18} {'seed':>4} {'start-up s':>10} {'s to target':>11} {'final pass@1':>12}")
     for r in runs:
         reached = f"{r['time_to_target_s']:.1f}" if r["time_to_target_s"] is not None else "missed"
-        print(f"{r['system']:>6} {r['seed']:>4} {r['startup_s']:>10.1f} {reached:>11} {r['final_accuracy']:>12.3f}")
+        print(f"{r['system']:>18} {r['seed']:>4} {r['startup_s']:>10.1f} {reached:>11} {r['final_accuracy']:>12.3f}")
     print(f"wrote {args.output}")
     return 0
 
