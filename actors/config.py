@@ -62,3 +62,10 @@ class RolloutConfig(BaseModel):
     """Partial rollouts: new weights are loaded between engine steps while sequences are in flight
     (their later tokens carry the new version). False: new requests wait until the engine drains."""
     engine: EngineConfig = EngineConfig()
+
+    @model_validator(mode="after")
+    def _sampling_fits_the_engine(self) -> "RolloutConfig":
+        if self.engine.kind == "transformers" and self.sampling.repetition_penalty != 1.0:
+            raise ValueError("sampling.repetition_penalty needs engine.kind 'vllm': the transformers engine does not "
+                             "apply it")
+        return self

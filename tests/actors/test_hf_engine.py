@@ -169,5 +169,7 @@ def test_engine_config_names_what_does_not_fit_the_kind(tmp_path):
         EngineConfig(kind="transformers", vllm={"max_num_seqs": 8})
     with pytest.raises(ValidationError, match="kind"):
         EngineConfig(kind="sglang")
+    with pytest.raises(ConfigError, match="repetition_penalty needs engine.kind 'vllm'"):
+        load_config(None, {"rollout": {"engine": {"kind": "transformers"}, "sampling": {"repetition_penalty": 1.1}}})
     with pytest.raises(ConfigError, match="tensor_parallel_size=2 needs rollout.engine.kind 'vllm'"):
         load_config(None, {"rollout": {"engine": {"kind": "transformers"}}, "placement": {"tensor_parallel_size": 2}})
