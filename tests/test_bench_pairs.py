@@ -78,13 +78,16 @@ TRL = runpy.run_path(str(Path(__file__).resolve().parent.parent / "bench" / "trl
 
 
 def test_trl_summary_takes_medians_per_system_over_the_runs_that_reached_the_target():
-    runs = [{"system": "tidal", "time_to_target_s": 20.0, "startup_s": 20.0, "final_accuracy": 0.8},
-            {"system": "tidal", "time_to_target_s": None, "startup_s": 22.0, "final_accuracy": 0.6},
+    runs = [{"system": "tidal/vllm", "time_to_target_s": 20.0, "startup_s": 20.0, "final_accuracy": 0.8},
+            {"system": "tidal/vllm", "time_to_target_s": None, "startup_s": 22.0, "final_accuracy": 0.6},
+            {"system": "tidal/transformers", "time_to_target_s": None, "startup_s": 9.0, "final_accuracy": 0.5},
             {"system": "trl", "time_to_target_s": 10.0, "startup_s": 3.0, "final_accuracy": 0.75},
             {"system": "trl", "time_to_target_s": 14.0, "startup_s": 5.0, "final_accuracy": 0.77}]
-    summary = TRL["summary"](runs)
-    assert summary["tidal_median_time_to_target_s"] == 20.0 and summary["trl_median_time_to_target_s"] == 12.0
-    assert summary["tidal_median_startup_s"] == 21.0 and summary["trl_median_final_accuracy"] == 0.76
+    summary = TRL["summary"](runs, ["tidal/vllm", "tidal/transformers", "trl"])
+    assert summary["tidal/vllm_median_time_to_target_s"] == 20.0 and summary["trl_median_time_to_target_s"] == 12.0
+    assert summary["tidal/vllm_median_startup_s"] == 21.0 and summary["trl_median_final_accuracy"] == 0.76
+    assert summary["tidal/transformers_median_time_to_target_s"] is None  # no run reached it
+    assert summary["tidal/transformers_median_startup_s"] == 9.0
 
 
 def test_median_ratio_takes_the_median_of_round_by_round_ratios():
