@@ -44,7 +44,8 @@ class Engine(Protocol):
     version: int  # the policy version of the loaded weights
 
     def add(self, request_id: str, prompt_ids: list[int], sampling: SamplingConfig, max_tokens: int, n: int) -> None:
-        """Queue a request for `n` samples continuing `prompt_ids`."""
+        """Queue a request for `n` samples continuing `prompt_ids` (the caller keeps prompt + max_tokens
+        within max_model_len)."""
 
     def step(self) -> list[Finished]:
         """One scheduling step; returns the requests that finished in it."""

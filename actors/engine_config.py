@@ -8,7 +8,7 @@ import dataclasses
 from functools import cache
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 @cache
@@ -18,13 +18,17 @@ def vllm_engine_argument_names() -> frozenset[str]:
     return frozenset(f.name for f in dataclasses.fields(EngineArgs))
 
 
+TRANSFORMERS_DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
 class EngineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: Literal["vllm", "transformers"] = "vllm"
     """vllm: continuous batching, any model size, GPUs and tensor parallelism. transformers: a
     static-batch engine on plain transformers (actors/hf_engine.py) for models of a few million
-    parameters on CPU, where vLLM's per-step scheduling costs more than the forward pass."""
+    parameters on CPU (it never moves the model to a GPU), where vLLM's per-step scheduling costs
+    more than the forward pass. The KV-cache, memory and eager settings below are vLLM's only."""
     dtype: str = "float32"
     """Weights and activations dtype; float32 on CPU so logprobs match the learner's."""
     kv_cache_mb: int = Field(256, gt=0)
@@ -37,24 +41,24 @@ class EngineConfig(BaseModel):
     vllm: dict[str, Any] = {}
     """Any other vllm.EngineArgs field, passed through as is (e.g. max_num_seqs, enable_prefix_caching)."""
 
-    @field_validator("vllm")
-    @classmethod
-    def _known_engine_arguments(cls, arguments: dict[str, Any]) -> dict[str, Any]:
-        if not arguments:
-            return arguments
-        ours = set(cls.model_fields) - {"vllm"} | {"model", "seed", "kv_cache_memory_bytes"}
-        taken = sorted(set(arguments) & ours)
+    @model_validator(mode="after")
+    def _engine_arguments_fit_the_kind(self) -> "EngineConfig":
+        """The kind first: a transformers engine must not need vLLM installed to be refused."""
+        if self.kind == "transformers":
+            if self.vllm:
+                raise ValueError(f"vllm engine arguments {sorted(self.vllm)} are set but kind is 'transformers'")
+            if self.dtype not in TRANSFORMERS_DTYPES:
+                raise ValueError(f"dtype {self.dtype!r} is not one the transformers engine loads: {TRANSFORMERS_DTYPES}")
+            return self
+        if not self.vllm:
+            return self
+        ours = set(type(self).model_fields) - {"vllm"} | {"model", "seed", "kv_cache_memory_bytes"}
+        taken = sorted(set(self.vllm) & ours)
         if taken:
             raise ValueError(f"{taken} are set by Tidal: use rollout.engine's own fields (or the model/seed settings)")
-        unknown = sorted(set(arguments) - vllm_engine_argument_names())
+        unknown = sorted(set(self.vllm) - vllm_engine_argument_names())
         if unknown:
             raise ValueError(f"unknown vLLM engine arguments {unknown} (not fields of vllm.EngineArgs)")
-        return arguments
-
-    @model_validator(mode="after")
-    def _vllm_arguments_need_vllm(self) -> "EngineConfig":
-        if self.kind != "vllm" and self.vllm:
-            raise ValueError(f"vllm engine arguments {sorted(self.vllm)} are set but kind is {self.kind!r}")
         return self
 
     def engine_kwargs(self) -> dict[str, Any]:

@@ -13,6 +13,7 @@ learner recomputes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -39,7 +40,7 @@ class TransformersEngine:
     def __init__(self, model_path: str, config: EngineConfig, seed: int = 0) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        dtype = config.dtype if config.dtype == "auto" else getattr(torch, config.dtype)
+        dtype = config.dtype if config.dtype == "auto" else getattr(torch, config.dtype)  # one of TRANSFORMERS_DTYPES
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)  # stop strings are matched on text
         self.max_model_len = config.max_model_len
@@ -51,6 +52,9 @@ class TransformersEngine:
         self._tensors = self.model.state_dict(keep_vars=True)  # HF names, tied weights under each name
 
     def add(self, request_id: str, prompt_ids: list[int], sampling: SamplingConfig, max_tokens: int, n: int) -> None:
+        if not prompt_ids or max_tokens < 1 or n < 1:
+            raise ValueError(f"request {request_id}: needs a prompt, max_tokens >= 1 and n >= 1 "
+                             f"(got {len(prompt_ids)} prompt tokens, max_tokens={max_tokens}, n={n})")
         if len(prompt_ids) + max_tokens > self.max_model_len:
             raise ValueError(f"request {request_id}: {len(prompt_ids)} prompt tokens + {max_tokens} new tokens exceed "
                              f"max_model_len {self.max_model_len}")
@@ -81,11 +85,16 @@ class TransformersEngine:
         return [Finished(request_id, samples[request_id]) for request_id in taken]
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
-        """In place, by HF parameter name; an unknown name fails before anything is copied."""
+        """In place, by HF parameter name, all or nothing: every name and shape is checked before
+        anything is copied."""
         weights = list(named_tensors)
         unknown = [name for name, _ in weights if name not in self._tensors]
         if unknown:
-            raise KeyError(f"weights for parameters this model does not have: {unknown[:5]}")
+            raise ValueError(f"weights for parameters this model does not have: {unknown[:5]}")
+        mismatched = [f"{name} {tuple(tensor.shape)} (model: {tuple(self._tensors[name].shape)})"
+                      for name, tensor in weights if tensor.shape != self._tensors[name].shape]
+        if mismatched:
+            raise ValueError(f"weights of the wrong shape: {mismatched[:5]}")
         with torch.no_grad():
             for name, tensor in weights:
                 self._tensors[name].copy_(tensor)
@@ -134,37 +143,40 @@ class TransformersEngine:
             out = self.model(input_ids=picked[:, None], attention_mask=mask, position_ids=next_position,
                              past_key_values=out.past_key_values, use_cache=True)
             next_position = next_position + 1
-        return [Sample(tokens[row], logprobs[row], [self.version] * len(tokens[row]), reasons[row] or "length")
+        # every row has its reason by now: the loop runs to the longest limit, and a row at its limit is done
+        return [Sample(tokens[row], logprobs[row], [self.version] * len(tokens[row]), reasons[row])
                 for row in range(rows)]
 
     def _finish_reason(self, tokens: list[int], limit: int, stop: list[str]) -> str | None:
         if tokens[-1] in self._eos:
             return "stop"
-        if stop and any(s in self.tokenizer.decode(tokens) for s in stop):
-            return "stop"  # like vLLM, the tokens keep the one that completed the stop string
+        if stop and any(s in self.tokenizer.decode(tokens, skip_special_tokens=True) for s in stop):
+            return "stop"  # as in vLLM: matched on text without special tokens; the tokens keep the one that completed it
         return "length" if len(tokens) >= limit else None
 
 
 def pick_tokens(logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator) -> torch.Tensor:
     """One token per row of `logits` [rows, vocab]: greedy at temperature 0, else sampled from the
-    tempered distribution restricted by top_k, min_p and top_p (in that order)."""
+    tempered distribution restricted as vLLM does: min_p and top_k first, then top_p on what they
+    left, renormalised."""
     if sampling.temperature == 0:
         return logits.argmax(-1)
     scores = logits / sampling.temperature
+    if sampling.min_p > 0:  # p_i < min_p * p_max  <=>  score_i < max score + log(min_p)
+        floor = scores.max(-1, keepdim=True).values + math.log(sampling.min_p)
+        scores = scores.masked_fill(scores < floor, float("-inf"))
     if 0 < sampling.top_k < scores.shape[-1]:
         kth = scores.topk(sampling.top_k, dim=-1).values[:, -1:]
         scores = scores.masked_fill(scores < kth, float("-inf"))
     probs = torch.softmax(scores, -1)
-    if sampling.min_p > 0:
-        probs = probs.masked_fill(probs < sampling.min_p * probs.max(-1, keepdim=True).values, 0.0)
     if sampling.top_p < 1:
         ordered, order = probs.sort(-1, descending=True)
-        outside = ordered.cumsum(-1) - ordered > sampling.top_p  # keep each token until the mass before it reaches p
+        outside = ordered.cumsum(-1) - ordered >= sampling.top_p  # a token goes once the mass before it reaches p
         probs = probs.scatter(1, order, ordered.masked_fill(outside, 0.0))
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
-def _eos_ids(*sources) -> set[int]:
+def _eos_ids(*sources: int | list[int] | None) -> set[int]:
     ids: set[int] = set()
     for source in sources:
         if isinstance(source, int):

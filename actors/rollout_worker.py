@@ -1,4 +1,5 @@
-"""A rollout worker: a Ray actor that owns a vLLM engine and turns tasks into scored groups.
+"""A rollout worker: a Ray actor that owns an inference engine (vLLM or transformers) and turns
+tasks into scored groups.
 
 One thread of the worker owns the engine and runs the episode loop; the actor's methods hand it
 jobs and wait for their results, each within a bound. In async mode (`run`) the thread keeps

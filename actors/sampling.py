@@ -1,5 +1,6 @@
 """Sampling settings of the rollout engines, in one place: training, evaluation and the benchmarks
-all turn a `SamplingConfig` into vLLM's SamplingParams here."""
+use a `SamplingConfig`; the vLLM engine turns it into vLLM's SamplingParams here, the transformers
+engine applies it itself (actors/hf_engine.py)."""
 
 from __future__ import annotations
 

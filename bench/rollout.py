@@ -1,7 +1,7 @@
 """Rollout throughput: the episode loop against raw vLLM `generate` on the same prompts, on the
 demo model and on a ~30M-parameter model.
 
-One vLLM engine serves both sides, so engine settings cannot differ. Ours: the episode loop
+One vLLM engine serves the vLLM sides, so their engine settings cannot differ. Ours: the episode loop
 (actors/episode_loop.py) runs 32 groups of 8 single-turn arithmetic episodes (env, renderer,
 one request of n = 8 per group, rewards, trajectories) until every group is done, twice: with
 the demo's env calls inline and with every env call on the env-call threads (what a tool env
@@ -76,6 +76,7 @@ def measure(name: str, root: Path, rounds: int) -> dict:
 
     from actors.config import RolloutConfig
     from actors.engine import VLLMEngine, make_engine
+    from actors.engine_config import EngineConfig
     from actors.rendering import make_renderer
     from cluster.config import RunConfig
 
@@ -87,7 +88,8 @@ def measure(name: str, root: Path, rounds: int) -> dict:
     renderer = make_renderer(AutoTokenizer.from_pretrained(path))
     prompts = [renderer.first(env_cfg.build_env().reset(task)) for task in tasks]
     engine = VLLMEngine(path, rollout.engine, seed=0)
-    hf_engine = make_engine(path, rollout.engine.model_copy(update={"kind": "transformers"}), seed=0)
+    hf_engine = make_engine(path, EngineConfig.model_validate({**rollout.engine.model_dump(), "kind": "transformers"}),
+                            seed=0)
     rates: dict[str, list[float]] = {"ours": [], "ours_threads": [], "ours_transformers": [], "raw": []}
     for round_index in range(rounds + 1):  # round 0 warms up
         for key, run in (("ours", lambda: episode_loop_s(engine, renderer, tasks, env_cfg, rollout)),

@@ -12,7 +12,7 @@ Time to target counts from each run's first evaluation (training only); start-up
 beside it. Writes bench/results/trl.json.
 
     tidal bench trl                        # 2 rounds of 3 runs (~12 minutes on 2 cores after the venv exists)
-    tidal bench trl --pairs 1 --steps 100
+    tidal bench trl --rounds 1 --steps 100
 """
 
 from __future__ import annotations
@@ -27,8 +27,6 @@ import time
 from pathlib import Path
 
 from bench._common import outcome, train_evaluations, wait_for_other_runs, write_report
-from cluster.config import RunConfig
-from cluster.demo_model import build_demo_model
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "trl.json"
@@ -50,6 +48,8 @@ def ensure_trl_venv(venv: Path, timeout_s: float) -> Path:
 
 def trl_spec(args: argparse.Namespace, seed: int, work: Path) -> dict:
     """The demo's model, data and RL settings (cluster/config.py defaults) for the TRL runner."""
+    from cluster.config import RunConfig
+    from cluster.demo_model import build_demo_model
     from envs.tasks import ArithmeticTasks
 
     demo = RunConfig()
@@ -107,7 +107,7 @@ def summary(runs: list[dict], systems: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tidal bench trl", description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of one run per system, seeds 0..rounds-1")
     parser.add_argument("--steps", type=int, default=200, help="learner steps per run (the demo's)")
     parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--target", type=float, default=TARGET)
@@ -116,16 +116,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-timeout-s", type=float, default=1800.0,
                         help="bound on one TRL run, and on each step of installing its virtualenv")
     parser.add_argument("--engines", nargs="+", choices=["vllm", "transformers"], default=["vllm", "transformers"],
-                        help="Tidal's rollout engines, one Tidal run each per pair")
+                        help="Tidal's rollout engines, one Tidal run each per round")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     systems = [*(f"tidal/{engine}" for engine in args.engines), "trl"]
+    from cluster.config import RunConfig
+    from cluster.demo_model import build_demo_model
+
     python = ensure_trl_venv(args.trl_venv, args.run_timeout_s)
-    for seed in range(args.pairs):  # each seed's demo model (Tidal's `seed` builds it; TRL gets the same), before any clock
+    for seed in range(args.rounds):  # each seed's demo model (Tidal's `seed` builds it; TRL gets the same), before any clock
         build_demo_model(seed=seed, settings=RunConfig().model.demo)
     started, runs = time.time(), []
     with tempfile.TemporaryDirectory(prefix="tidal-trl-") as work:
-        for seed in range(args.pairs):  # the order alternates from pair to pair
+        for seed in range(args.rounds):  # the order alternates from round to round
             for system in systems if seed % 2 == 0 else reversed(systems):
                 runs.append(run_trl(python, args, seed, Path(work)) if system == "trl"
                             else run_tidal(args, seed, Path(work), system.removeprefix("tidal/")))

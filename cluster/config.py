@@ -149,10 +149,16 @@ class RunConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
-    def _tensor_parallel_needs_vllm(self) -> "RunConfig":
-        if self.placement.tensor_parallel_size > 1 and self.rollout.engine.kind != "vllm":
+    def _gpus_need_vllm(self) -> "RunConfig":
+        """The transformers engine runs on CPU: GPUs given to it would sit idle."""
+        if self.rollout.engine.kind == "vllm":
+            return self
+        if self.placement.tensor_parallel_size > 1:
             raise ValueError(f"placement.tensor_parallel_size={self.placement.tensor_parallel_size} needs "
                              f"rollout.engine.kind 'vllm' (it is {self.rollout.engine.kind!r})")
+        if self.placement.rollout.num_gpus > 0:
+            raise ValueError(f"placement.rollout.num_gpus={self.placement.rollout.num_gpus} needs rollout.engine.kind "
+                             f"'vllm': the {self.rollout.engine.kind} engine runs on CPU")
         return self
 
 

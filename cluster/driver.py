@@ -189,11 +189,12 @@ def start_run(cfg: RunConfig, run_dir: Path, stack: ExitStack, progress: Progres
     # imports), and Ray starts only as many actor processes at a time as the node has CPUs.
     progress.note(f"starting {cfg.learner.num_ranks} learner rank(s) and {cfg.rollout.num_workers} rollout "
                   f"workers ({cfg.rollout.engine.kind} engines)...")
+    categories = cfg.env.build_task_source().categories  # a bad task source fails before any actor starts
     learners = LearnerGroup(make_rank, cfg.learner.num_ranks, run_dir / "checkpoints", cfg.checkpoint)
     learners.launch()
     stack.callback(learners.kill)
     admission = RemoteAdmissionController.remote(cfg.learner.groups_per_step, cfg.rollout.max_staleness,
-                                                 cfg.curriculum, cfg.env.build_task_source().categories, cfg.seed)
+                                                 cfg.curriculum, categories, cfg.seed)
     workers = WorkerPool(start_worker, admission, cfg.mode == "async",
                          RestartBudget(cfg.faults.worker_restarts, cfg.faults.worker_restart_window_s),
                          on_ready=lambda w: record.add("rollout", w.name, w.handle, placement.rollout.request()),
@@ -221,14 +222,14 @@ def evaluate(run: Run) -> dict:
     pass@1) as `eval_<measure><suffix>` and, unless `eval.greedy` is off, greedy as
     `eval_<measure><suffix>_greedy`. Any ready worker does it."""
     record = {}
-    variants = (("1.0", ""), ("0.0", "_greedy")) if run.cfg.eval.greedy else (("1.0", ""),)
-    temperatures = tuple(float(temperature) for temperature, _ in variants)
+    variants = ((1.0, ""), (0.0, "_greedy")) if run.cfg.eval.greedy else ((1.0, ""),)  # temperature, key suffix
+    temperatures = tuple(temperature for temperature, _ in variants)
     for env, suffix in run.cfg.eval_envs():
         results = run.workers.on_any(lambda h, env=env: h.evaluate.remote(temperatures, env), EVAL_TIMEOUT_S,
                                      "evaluation")
         record["eval_policy_version"] = results["policy_version"]
         for temperature, greedy in variants:
-            record |= {f"eval_{name}{suffix}{greedy}": value for name, value in results[temperature].items()}
+            record |= {f"eval_{name}{suffix}{greedy}": value for name, value in results[str(temperature)].items()}
     if run.cfg.eval.kuhn_exploitability:
         record |= kuhn_exploitability(run.tokenizer, lambda contexts, candidates: run.learners.call_rank0(
             "next_token_probabilities", contexts, candidates))

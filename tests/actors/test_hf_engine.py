@@ -101,13 +101,32 @@ def test_a_step_takes_at_most_max_batch_seqs_and_the_rest_waits(engine, model_pa
     assert not engine.has_unfinished()
 
 
-def test_samplings_in_one_step_are_generated_apart(engine, model_path):
+def test_samplings_in_one_step_are_generated_apart(engine, model_path, reference):
     prompt = _prompts(model_path)[0]
+    alone = _run(make_engine(model_path, CONFIG, seed=0), {"g": (prompt, SamplingConfig(temperature=0), 5, 1)})["g"][0]
     finished = _run(engine, {"greedy": (prompt, SamplingConfig(temperature=0), 5, 3),
                              "sampled": (prompt, SamplingConfig(), 5, 3)})
-    greedy = [s.token_ids for s in finished["greedy"]]
-    assert greedy[0] == greedy[1] == greedy[2]
+    assert [s.token_ids for s in finished["greedy"]] == [alone.token_ids] * 3
     assert len(finished["sampled"]) == 3
+    for sample in finished["sampled"]:
+        assert sample.logprobs == pytest.approx(_full_forward_logprobs(reference, prompt, sample.token_ids), abs=1e-4)
+
+
+def test_rows_of_one_batch_end_on_their_own_limit_or_eos(engine, model_path):
+    prompts = _prompts(model_path)
+    first = _run(make_engine(model_path, CONFIG), {"g": (prompts[0], SamplingConfig(temperature=0), 1, 1)})["g"][0]
+    engine._eos = {first.token_ids[0]}  # the token prompt 0 answers first ends a sample: one row stops at once
+    limits = {"r0": 6, "r1": 2, "r2": 5}
+    finished = _run(engine, {rid: (prompts[i], SamplingConfig(temperature=0), limits[rid], 2)
+                             for i, rid in enumerate(limits)})
+    assert [s.token_ids for s in finished["r0"]] == [first.token_ids] * 2
+    assert {s.finish_reason for s in finished["r0"]} == {"stop"}
+    for rid, samples in finished.items():
+        for sample in samples:
+            ends_on_eos = sample.token_ids[-1] in engine._eos
+            assert not engine._eos & set(sample.token_ids[:-1])  # nothing is generated after an EOS
+            assert sample.finish_reason == ("stop" if ends_on_eos else "length")
+            assert len(sample.token_ids) == limits[rid] or ends_on_eos
 
 
 def test_loaded_weights_change_the_samples_and_their_version(engine, model_path, reference):
@@ -124,12 +143,29 @@ def test_loaded_weights_change_the_samples_and_their_version(engine, model_path,
     assert (after.token_ids, after.logprobs) != (before.token_ids, before.logprobs)
 
 
-def test_unknown_weights_are_refused_before_any_is_copied(engine, reference):
+@pytest.mark.parametrize("extra", [("not_a_parameter", torch.zeros(1)), ("model.norm.weight", torch.zeros(1))])
+def test_unknown_or_misshapen_weights_are_refused_before_any_is_copied(engine, reference, extra):
     state = {name: tensor.clone() + 1 for name, tensor in reference.state_dict().items()}
-    with pytest.raises(KeyError, match="not_a_parameter"):
-        engine.load_weights([*state.items(), ("not_a_parameter", torch.zeros(1))], version=1)
+    weights = [*state.items(), extra] if extra[0] not in state else [*{**state, extra[0]: extra[1]}.items()]
+    with pytest.raises(ValueError, match=extra[0]):
+        engine.load_weights(weights, version=1)
     assert engine.version == 0
-    assert torch.equal(engine.model.state_dict()["model.norm.weight"], reference.state_dict()["model.norm.weight"])
+    assert torch.equal(engine.model.state_dict()["model.embed_tokens.weight"],
+                       reference.state_dict()["model.embed_tokens.weight"])
+
+
+def test_tied_embeddings_take_the_new_weights_under_both_names(engine, model_path, reference):
+    prompt = _prompts(model_path)[0]
+    state = {name: tensor.clone() for name, tensor in reference.state_dict().items()}
+    assert "lm_head.weight" in state  # the learner publishes a tied weight under both of its names
+    embeddings = torch.randn(state["lm_head.weight"].shape, generator=torch.Generator().manual_seed(7))
+    state["lm_head.weight"], state["model.embed_tokens.weight"] = embeddings, embeddings.clone()
+    engine.load_weights(state.items(), version=2)
+    sample = _run(engine, {"t": (prompt, SamplingConfig(), 6, 1)})["t"][0]
+    changed = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+    changed.load_state_dict(state)
+    assert sample.logprobs == pytest.approx(_full_forward_logprobs(changed, prompt, sample.token_ids), abs=1e-4)
+    assert sample.logprobs != pytest.approx(_full_forward_logprobs(reference, prompt, sample.token_ids), abs=1e-3)
 
 
 def test_abort_and_overlong_requests(engine, model_path):
@@ -141,6 +177,10 @@ def test_abort_and_overlong_requests(engine, model_path):
         engine.add("long", prompt, SamplingConfig(), engine.max_model_len, 1)
     with pytest.raises(ValueError, match="repetition_penalty"):
         engine.add("rp", prompt, SamplingConfig(repetition_penalty=1.2), 4, 1)
+    for bad in (([], 4, 1), (prompt, 0, 1), (prompt, 4, 0)):
+        with pytest.raises(ValueError, match="needs a prompt"):
+            engine.add("bad", bad[0], SamplingConfig(), bad[1], bad[2])
+    assert not engine.has_unfinished()
 
 
 def _frequencies(logits: list[float], sampling: SamplingConfig, draws: int = 4000) -> torch.Tensor:
@@ -162,6 +202,9 @@ def test_pick_tokens_restricts_the_distribution_as_each_setting_says():
     assert _frequencies(probs, SamplingConfig(temperature=0.5)).tolist() == pytest.approx(
         (squared / squared.sum()).tolist(), abs=0.03)
     assert _frequencies(probs, SamplingConfig(temperature=0), draws=5).tolist() == [1, 0, 0, 0]
+    # min_p 0.5 keeps 0.4 and 0.3 (>= 0.2), renormalised to 4/7 and 3/7; top_p 0.5 then measures that:
+    # 4/7 already lies before token 1, so only token 0 is left
+    assert _frequencies([0.4, 0.3, 0.1, 0.1, 0.1], SamplingConfig(min_p=0.5, top_p=0.5)).tolist() == [1, 0, 0, 0, 0]
 
 
 def test_engine_config_names_what_does_not_fit_the_kind(tmp_path):
@@ -173,3 +216,7 @@ def test_engine_config_names_what_does_not_fit_the_kind(tmp_path):
         load_config(None, {"rollout": {"engine": {"kind": "transformers"}, "sampling": {"repetition_penalty": 1.1}}})
     with pytest.raises(ConfigError, match="tensor_parallel_size=2 needs rollout.engine.kind 'vllm'"):
         load_config(None, {"rollout": {"engine": {"kind": "transformers"}}, "placement": {"tensor_parallel_size": 2}})
+    with pytest.raises(ConfigError, match="num_gpus=1.0 needs rollout.engine.kind 'vllm'"):
+        load_config(None, {"rollout": {"engine": {"kind": "transformers"}}, "placement": {"rollout": {"num_gpus": 1}}})
+    with pytest.raises(ValidationError, match="dtype 'float8'"):
+        EngineConfig(kind="transformers", dtype="float8")

@@ -1,6 +1,6 @@
 """A short run with the transformers engine on real parts (Ray actors, Redis shards, a DeepSpeed
-learner): weights published by the learner reach the engine, and what the engine then samples
-carries the new version and the learner's own logprobs."""
+learner): weights published by the learner reach the worker (its version is the learner's), and
+what its engine then samples has the learner's own logprobs under those weights."""
 
 from __future__ import annotations
 
