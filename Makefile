@@ -25,10 +25,9 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install -q "torch==2.13.0"
 	$(VENV)/bin/pip install -q -e ".[cpu,test]"
 	$(VENV)/bin/pip uninstall -q -y $(UNMATCHED) || true
-	# DeepSpeed's CPU backend JIT-compiles its shared-memory comm op on first use (about 90 s);
-	# build it here once so that no learner rank compiles it inside a run.
-	DS_ACCELERATOR=cpu TORCH_EXTENSIONS_DIR=$(abspath $(VENV))/torch_extensions $(VENV)/bin/python -c 'from deepspeed.accelerator import get_accelerator as a; \
-	  a().create_op_builder("ShareMemCommBuilder").load()'
+	# DeepSpeed's CPU backend JIT-compiles its shared-memory comm op on first use (about 40 s);
+	# build it here once, as the learner ranks load it, so that none compiles it inside a run.
+	$(VENV)/bin/python -c 'from learner.engine import build_comm_op; build_comm_op()'
 	touch $(STAMP)
 
 redis:

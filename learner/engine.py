@@ -26,6 +26,28 @@ def _on_gpu() -> bool:
 COLLECTIVE_TIMEOUT = timedelta(minutes=5)  # a peer that died mid-collective fails the others within this
 
 
+def use_this_environments_op_cache() -> None:
+    """DeepSpeed JIT-builds its CPU comm op with ninja (about 40 s of two cores). One build cache per
+    virtualenv, so that two of them on one machine do not rebuild it over each other; and built by
+    the virtualenv's own ninja (the pip one DeepSpeed depends on): a system ninja of another version
+    hashes the command lines differently and rebuilds whatever the other one built."""
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch_extensions"))
+    own_bin = os.path.join(sys.prefix, "bin")
+    path = os.environ.get("PATH", "")
+    if not path.startswith(own_bin + os.pathsep):
+        os.environ["PATH"] = own_bin + os.pathsep + path
+
+
+def build_comm_op() -> None:
+    """Build DeepSpeed's CPU comm op into this virtualenv's cache (`make setup` runs it once), the
+    way every learner rank loads it."""
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    use_this_environments_op_cache()
+    from deepspeed.accelerator import get_accelerator
+
+    get_accelerator().create_op_builder("ShareMemCommBuilder").load()
+
+
 def init_process_group(rank: int, world_size: int, master_addr: str, master_port: int) -> None:
     """Join the learners' process group: gloo on CPU, NCCL on GPU."""
     os.environ.update(
@@ -34,9 +56,7 @@ def init_process_group(rank: int, world_size: int, master_addr: str, master_port
     )
     if not _on_gpu():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # must be set before deepspeed is imported
-    # DeepSpeed JIT-builds its CPU comm op; one build cache per environment, so that two
-    # virtualenvs on one machine do not keep rebuilding it over each other (90 s each time).
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch_extensions"))
+    use_this_environments_op_cache()
     import deepspeed
 
     deepspeed.init_distributed(dist_backend="nccl" if _on_gpu() else "gloo", timeout=COLLECTIVE_TIMEOUT)
