@@ -62,6 +62,11 @@ class RolloutConfig(BaseModel):
     """Partial rollouts: new weights are loaded between engine steps while sequences are in flight
     (their later tokens carry the new version). False: new requests wait until the engine drains."""
     engine: EngineConfig = EngineConfig()
+    nice: int = Field(10, ge=0, le=19)
+    """Unix niceness of the worker processes. Where workers share CPU cores with the learner (the
+    demo, a laptop, CI), the learner's update is the critical path of async training: at 10 the
+    kernel runs it first and the workers fill the time it leaves (bench/results/trl.json). It
+    changes nothing where each role has cores of its own. 0: workers and learner share equally."""
 
     @model_validator(mode="after")
     def _sampling_fits_the_engine(self) -> "RolloutConfig":

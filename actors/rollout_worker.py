@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import logging
+import os
 import queue
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import ray
@@ -55,6 +57,18 @@ class _EpisodesJob:
     episodes: dict[int, Episode] = field(default_factory=dict)
 
 
+def run_at_niceness(niceness: int) -> None:
+    """Run this whole process at `niceness`. Linux keeps a nice value per thread, and Ray has started
+    threads of its own in an actor's process before the actor is built: each one is set (threads
+    started later inherit the value of the thread that starts them)."""
+    threads = Path("/proc/self/task")
+    for thread_id in [int(t.name) for t in threads.iterdir()] if threads.is_dir() else [0]:
+        try:
+            os.setpriority(os.PRIO_PROCESS, thread_id, niceness)
+        except ProcessLookupError:  # a thread that ended meanwhile
+            pass
+
+
 class RolloutWorker:
     def __init__(self, name: str, model_path: str, cfg: RolloutConfig, env_cfg: EnvConfig,
                  replay_cfg: ReplayConfig, shard_urls: list[str], channel, admission, seed: int,
@@ -63,6 +77,7 @@ class RolloutWorker:
         from transformers import AutoTokenizer
 
         torch.set_num_threads(1)  # several workers share the machine's cores
+        run_at_niceness(cfg.nice)  # before the engine and the loop start their threads
         self.cfg, self.env_cfg = cfg, env_cfg
         self.name = name
         self.engine = make_engine(model_path, cfg.engine, seed=seed)
