@@ -8,7 +8,9 @@ replace a lost timeline are still new to a worker that held later ones.
 from __future__ import annotations
 
 import time
+import warnings
 
+import numpy as np
 import ray
 import torch
 
@@ -43,11 +45,19 @@ class WeightSubscriber:
     def fetch(self) -> tuple[tuple[int, int], dict[str, torch.Tensor]]:
         """The latest published weights and their (epoch, version); mark them held with `loaded`."""
         epoch, version, refs = _get(self._channel.latest.remote(), "the weight channel's latest weights")
-        return (epoch, version), _get(refs[0], f"the weights of version {version}")
+        return (epoch, version), _as_tensors(_get(refs[0], f"the weights of version {version}"))
 
     def loaded(self, head: tuple[int, int]) -> None:
         self.head = head
         self._pending = None
+
+
+def _as_tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """Tensors over the object store's arrays, without a copy. The arrays are read-only, which
+    torch warns about: the engines only read them, copying each into a parameter of their own."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return {name: torch.from_numpy(array) for name, array in arrays.items()}
 
 
 def _get(ref, what: str):

@@ -199,7 +199,9 @@ class Learner:
             return
         self.replay.set_learner_version(self.version, rewind)
         weights = self.engine.named_weights()
-        refs = [] if self.broadcaster is not None else [ray.put(weights)]
+        # NumPy arrays: the object store holds their bytes as they are, and a worker reads them in
+        # place (torch tensors would be pickled, and copied again on every worker's fetch).
+        refs = [] if self.broadcaster is not None else [ray.put({name: t.numpy() for name, t in weights.items()})]
         head = ray.get(self.channel.publish.remote(self.version, refs, rewind), timeout=PUBLISH_TIMEOUT_S)
         if self.broadcaster is not None:
             self.broadcaster.publish(head, weights)
