@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -30,6 +31,9 @@ def _bench(args: argparse.Namespace) -> int:
     # Imported as the module bench.<name> (not run from a path) so that the benchmark's worker
     # processes can find its functions by name.
     sys.path.insert(0, str(BENCH_DIR.parent))
+    # Before transformers is imported (it reads this once): a benchmark loads models many times,
+    # and their progress bars would bury its own output.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     module = importlib.import_module(f"bench.{args.name}")
     return int(module.main(args.rest) or 0)
 
