@@ -65,8 +65,9 @@ class RolloutConfig(BaseModel):
     nice: int = Field(10, ge=0, le=19)
     """Unix niceness of the worker processes. Where workers share CPU cores with the learner (the
     demo, a laptop, CI), the learner's update is the critical path of async training: at 10 the
-    kernel runs it first and the workers fill the time it leaves (bench/results/trl.json). It
-    changes nothing where each role has cores of its own. 0: workers and learner share equally."""
+    kernel runs it first and the workers fill the time it leaves (README: the TRL section's A/B). It
+    changes nothing where each role has cores of its own. 0: workers and learner share equally.
+    Workers started already nicer (a run under `nice`) keep their value."""
 
     @model_validator(mode="after")
     def _sampling_fits_the_engine(self) -> "RolloutConfig":

@@ -58,13 +58,15 @@ class _EpisodesJob:
 
 
 def run_at_niceness(niceness: int) -> None:
-    """Run this whole process at `niceness`. Linux keeps a nice value per thread, and Ray has started
-    threads of its own in an actor's process before the actor is built: each one is set (threads
-    started later inherit the value of the thread that starts them)."""
+    """Run this whole process at `niceness` at least. Linux keeps a nice value per thread, and Ray
+    has started threads of its own in an actor's process before the actor is built: each one is
+    set (threads started later inherit the value of the thread that starts them). A thread already
+    nicer keeps its value: lowering it needs privileges a user's run does not have."""
     threads = Path("/proc/self/task")
     for thread_id in [int(t.name) for t in threads.iterdir()] if threads.is_dir() else [0]:
         try:
-            os.setpriority(os.PRIO_PROCESS, thread_id, niceness)
+            if os.getpriority(os.PRIO_PROCESS, thread_id) < niceness:
+                os.setpriority(os.PRIO_PROCESS, thread_id, niceness)
         except ProcessLookupError:  # a thread that ended meanwhile
             pass
 
