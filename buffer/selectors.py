@@ -22,3 +22,6 @@ SELECTORS.register("prioritized")(Selector("prioritized", "P ~ p^alpha from the 
                                                       "drawn (and not stored: a zero-signal skip)"))
 SELECTORS.register("uniform")(Selector("uniform", "every stored group equally likely, priorities ignored"))
 SELECTORS.register("fifo")(Selector("fifo", "the oldest groups first (with max_times_sampled=1: a queue)"))
+SELECTORS.register("lifo")(Selector("lifo", "the newest groups first (with max_times_sampled=1: each group once, "
+                                            "the freshest the learner can get); zero-signal groups are not "
+                                            "stored, as under prioritized"))

@@ -27,7 +27,7 @@ if learner_version and newest > learner_version then
   redis.call('HINCRBY', K_STATS, 'evicted_rewound', 1)
   return acked_not_stored('rewound', {'rewound'})
 end
-if cfg.selector == 'prioritized' and priority <= 0 then
+if (cfg.selector == 'prioritized' or cfg.selector == 'lifo') and priority <= 0 then  -- these never draw it
   redis.call('HINCRBY', K_STATS, 'zero_signal_skips', 1)
   return acked_not_stored('zero_signal', {'skip'})
 end

@@ -1,5 +1,5 @@
 -- ARGV: ns, n, learner version, u_1..u_n (uniforms in [0, 1) from the client's seeded RNG).
--- Draws up to n groups with replacement (fifo: the oldest distinct groups), as many as the
+-- Draws up to n groups with replacement (fifo / lifo: the oldest / newest distinct groups), as many as the
 -- rate limiter allows. Returns {'ok', size, mass, draws, removed} where draws is a flat list
 -- of (gid, leaf, mass at draw, times sampled, priority) and removed a flat list of (gid, bytes)
 -- for the groups this call removed (max_times_sampled); or {'empty'|'blocked', inserts, samples, size}.
@@ -21,16 +21,19 @@ if st.size >= cfg.min_size then
 end
 if allowed < 1 then return limiter_reply('blocked', st) end
 
-local oldest = nil
+local ordered = nil  -- fifo / lifo: the groups to return, in insertion order or its reverse
 if cfg.selector == 'fifo' then
-  oldest = redis.call('ZRANGE', K_FIFO, 0, allowed - 1)
-  allowed = #oldest
+  ordered = redis.call('ZRANGE', K_FIFO, 0, allowed - 1)
+  allowed = #ordered
+elseif cfg.selector == 'lifo' then
+  ordered = redis.call('ZRANGE', K_FIFO, 0, allowed - 1, 'REV')
+  allowed = #ordered
 end
 -- (group id, leaf value) of draws first..allowed under the tree as it is now
 local function draw_rest(first, total)
   local gids, leaves, us = {}, {}, {}
-  if oldest then
-    for i = first, allowed do gids[#gids + 1], leaves[#leaves + 1] = oldest[i], 1 end
+  if ordered then
+    for i = first, allowed do gids[#gids + 1], leaves[#leaves + 1] = ordered[i], 1 end
     return gids, leaves
   end
   for i = first, allowed do us[#us + 1] = tonumber(ARGV[3 + i]) * total end

@@ -8,7 +8,7 @@ from buffer.rate_limiters import MinSize, Queue, SampleToInsertRatio
 
 
 def test_unknown_selector_lists_valid_names():
-    with pytest.raises(ValidationError, match=r"selector[\s\S]*valid names: fifo, prioritized, uniform"):
+    with pytest.raises(ValidationError, match=r"selector[\s\S]*valid names: fifo, lifo, prioritized, uniform"):
         ReplayConfig(selector="greedy")
 
 

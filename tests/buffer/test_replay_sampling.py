@@ -54,8 +54,9 @@ def test_probabilities_and_weights_follow_the_formulas(shards, namespace, make_c
         assert sampled.group.priority == priorities[group_id]
 
 
-def test_zero_signal_groups_are_skipped_and_never_sampled(shards, namespace, make_client, make_group):
-    client = make_client([s.url for s in shards], namespace)
+@pytest.mark.parametrize("selector", ["prioritized", "lifo"])
+def test_zero_signal_groups_are_skipped_and_never_sampled(shards, namespace, make_client, make_group, selector):
+    client = make_client([s.url for s in shards], namespace, selector=selector)
     assert not client.insert(make_group([1.0, 1.0, 1.0]))  # zero variance: learning signal exactly 0
     kept = make_group([0.0, 1.0])
     assert client.insert(kept)
@@ -98,6 +99,16 @@ def test_fifo_selector_returns_the_oldest(shards, namespace, make_client, make_g
         client.insert(group)
     assert [s.group.group_id for s in client.sample(2, learner_version=0)] == [g.group_id for g in groups[:2]]
     assert [s.group.group_id for s in client.sample(3, learner_version=0)] == [g.group_id for g in groups[2:]]
+
+
+def test_lifo_selector_returns_the_newest(shards, namespace, make_client, make_group):
+    client = make_client([shards[0].url], namespace, selector="lifo", max_times_sampled=1)
+    groups = [make_group([0.0, 1.0]) for _ in range(5)]
+    for group in groups:
+        client.insert(group)
+    assert [s.group.group_id for s in client.sample(2, learner_version=0)] == [g.group_id for g in groups[:2:-1]]
+    client.insert(newest := make_group([0.0, 1.0]))
+    assert [s.group.group_id for s in client.sample(2, learner_version=0)] == [newest.group_id, groups[2].group_id]
 
 
 def test_duplicate_insert_and_pickled_client(shards, namespace, make_client, make_group):
