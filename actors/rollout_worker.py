@@ -7,7 +7,8 @@ jobs and wait for their results, each within a bound. In async mode (`run`) the 
 staleness; the controller also picks each task's category), starts a group per grant, inserts
 each group into the replay the moment its last episode ends, and loads newer weights between
 engine steps: at once with partial rollouts, after the engine drained otherwise. Sync mode calls
-`produce(k)`; `evaluate` and `probe` run fixed tasks at fixed weights (loads wait until they end).
+`produce(k)`; `evaluate` (at the newest weights) and `probe` run fixed tasks at fixed weights (loads
+wait until they end).
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ class RolloutWorker:
         self._producing = False  # async mode: keep generating, as admitted
         self._quota: tuple[int, cf.Future] | None = None  # sync mode: groups still to store, and who waits
         self._episode_jobs: list[_EpisodesJob] = []
-        self._weight_waiters: list[cf.Future] = []
+        self._weight_waiters: list[tuple[tuple[int, int], cf.Future]] = []  # (head to reach, who waits)
         self._training_groups = 0
         self._finished: list[GroupRun] = []
         self._next_admission = 0.0
@@ -127,16 +128,20 @@ class RolloutWorker:
         return self._wait(future, timeout_s, f"producing {num_groups} groups")
 
     def sync_weights(self, timeout_s: float = 120.0) -> int:
-        """Load the latest published weights (after in-flight requests finish); returns their version."""
+        """Load the weights published last when this is called, or later ones (after in-flight requests
+        finish); returns the version held. Not "the newest when it ends": while an async learner
+        publishes every step, that target would move on with every load."""
         future: cf.Future = cf.Future()
-        self._post(("weights", future))
+        target = tuple(ray.get(self.channel.head.remote(), timeout=CALL_TIMEOUT_S))
+        self._post(("weights", (target, future)))
         return self._wait(future, timeout_s, "loading the latest weights")
 
     def evaluate(self, temperatures: tuple[float, ...] = (1.0, 0.0), env: EnvConfig | None = None,
                  timeout_s: float = 600.0) -> dict:
         """The measures of `env` (default: the training env) on the task source's held-out set,
-        averaged per temperature, all at one policy version:
+        averaged per temperature, all at one policy version, the newest published when it starts:
         {"policy_version": v, "episodes": n, "<temperature>": {measure: mean}}."""
+        self.sync_weights(timeout_s)
         tasks = self.tasks.eval_tasks()
         samplings = [self.cfg.sampling.model_copy(update={"temperature": t}) for t in temperatures]
         job = _EpisodesJob([(task, sampling) for sampling in samplings for task in tasks], env or self.env_cfg)
@@ -224,11 +229,11 @@ class RolloutWorker:
         return False
 
     def _update_weights(self) -> None:
+        self._settle_weight_waiters()
         if self._episode_jobs:  # evaluation and probes run at one version: no load until they end
             self.loop.release()
             return
         if not self.weights.newer(force=bool(self._weight_waiters)):
-            self._settle_weight_waiters()
             return
         if not self.cfg.partial or self._weight_waiters:
             self.loop.hold()  # no request mixes two versions: new ones wait until the engine drained
@@ -244,13 +249,12 @@ class RolloutWorker:
         self._counters["weight_sync_s"] += self._last_weight_sync_s
 
     def _settle_weight_waiters(self) -> None:
-        """sync_weights() returns once the engine holds what the learner last published (a collective
-        version may still be on its way: then the waiters wait, within their bound)."""
-        if self._weight_waiters and self.weights.head == tuple(ray.get(self.channel.head.remote(),
-                                                                       timeout=CALL_TIMEOUT_S)):
-            for waiter in self._weight_waiters:
-                waiter.set_result(self.weights.version)
-            self._weight_waiters.clear()
+        """sync_weights() returns once the engine holds the head it asked for, or a later one (a
+        collective version may still be on its way: then the waiters wait, within their bound)."""
+        served = [(target, waiter) for target, waiter in self._weight_waiters if self.weights.head >= target]
+        for entry in served:
+            entry[1].set_result(self.weights.version)
+            self._weight_waiters.remove(entry)
 
     def _start_groups(self) -> None:
         room = self.cfg.groups_in_flight - self._training_groups
@@ -323,7 +327,7 @@ class RolloutWorker:
 
     def _shutdown(self) -> None:
         error = WorkerStopped(f"{self.name} stopped" + (f": {self._failure}" if self._failure else ""))
-        for future in [*self._weight_waiters, *(j.future for j in self._episode_jobs),
+        for future in [*(waiter for _, waiter in self._weight_waiters), *(j.future for j in self._episode_jobs),
                        *([self._quota[1]] if self._quota else [])]:
             if not future.done():
                 future.set_exception(error)
