@@ -88,6 +88,7 @@ def train_evaluations(bench: str, overrides: dict, label: str) -> tuple[list[dic
     print(f"{bench}: {label}: {cfg.steps} steps", file=sys.stderr)
     started = time.time()
     records = read_metrics(train(cfg) / "metrics.jsonl")
-    evals = [{"step": r["step"], "wall_s": r["wall_s"], "eval_accuracy": r["eval_accuracy"]}
-             for r in records if "eval_accuracy" in r]
+    # An evaluation runs beside training: its record is the step it ended at, `version` what it measured.
+    evals = [{"step": r["step"], "version": r["eval_policy_version"], "wall_s": r["wall_s"],
+              "eval_accuracy": r["eval_accuracy"]} for r in records if "eval_accuracy" in r]
     return evals, time.time() - started

@@ -35,6 +35,7 @@ from cluster.config import RunConfig
 from cluster.control import RunStatus, start_controller
 from cluster.demo_model import build_demo_model
 from cluster.errors import RunFailed
+from cluster.evaluation import Evaluations
 from cluster.game_eval import kuhn_exploitability
 from cluster.learner_group import LearnerFailure, LearnerGroup, LearnerStalled
 from cluster.metrics import MetricsWriter, plot_rewards
@@ -74,6 +75,7 @@ class Run:
     replay: ReplayClient  # the driver's own client, for replay statistics
     learners: LearnerGroup
     workers: WorkerPool
+    evaluations: Evaluations  # held-out evaluations, running beside training
     writer: MetricsWriter
     progress: Progress
     live: LiveRun
@@ -207,8 +209,9 @@ def start_run(cfg: RunConfig, run_dir: Path, stack: ExitStack, progress: Progres
     live.refresh(force=True)
     writer = MetricsWriter(run_dir)
     stack.callback(writer.close)
-    return Run(cfg, run_dir, replay_cfg, shards, channel, admission, controller, replay, learners, workers, writer,
-               progress, live, transformers.AutoTokenizer.from_pretrained(model_path), record, started or time.time())
+    return Run(cfg, run_dir, replay_cfg, shards, channel, admission, controller, replay, learners, workers,
+               Evaluations(cfg, workers, EVAL_TIMEOUT_S), writer, progress, live,
+               transformers.AutoTokenizer.from_pretrained(model_path), record, started or time.time())
 
 
 def record_learners(record: PlacementRecord, learners: LearnerGroup, placement) -> None:
@@ -218,22 +221,17 @@ def record_learners(record: PlacementRecord, learners: LearnerGroup, placement) 
 
 # -- the loop's parts ---------------------------------------------------------------------------
 def evaluate(run: Run) -> dict:
-    """Each evaluation env's own measures on the held-out set at the latest weights: sampled (T=1,
-    pass@1) as `eval_<measure><suffix>` and, unless `eval.greedy` is off, greedy as
-    `eval_<measure><suffix>_greedy`. Any ready worker does it."""
-    record = {}
-    variants = ((1.0, ""), (0.0, "_greedy")) if run.cfg.eval.greedy else ((1.0, ""),)  # temperature, key suffix
-    temperatures = tuple(temperature for temperature, _ in variants)
-    for env, suffix in run.cfg.eval_envs():
-        results = run.workers.on_any(lambda h, env=env: h.evaluate.remote(temperatures, env), EVAL_TIMEOUT_S,
-                                     "evaluation")
-        record["eval_policy_version"] = results["policy_version"]
-        for temperature, greedy in variants:
-            record |= {f"eval_{name}{suffix}{greedy}": value for name, value in results[str(temperature)].items()}
-    if run.cfg.eval.kuhn_exploitability:
-        record |= kuhn_exploitability(run.tokenizer, lambda contexts, candidates: run.learners.call_rank0(
-            "next_token_probabilities", contexts, candidates))
-    return record
+    """An evaluation at the newest weights, waited for (a run's first; tests)."""
+    run.evaluations.start("the start")
+    return run.evaluations.wait() | learner_measures(run)
+
+
+def learner_measures(run: Run) -> dict:
+    """The evaluations that read the learner's weights (they need it idle, at the step just made)."""
+    if not run.cfg.eval.kuhn_exploitability:
+        return {}
+    return kuhn_exploitability(run.tokenizer, lambda contexts, candidates: run.learners.call_rank0(
+        "next_token_probabilities", contexts, candidates))
 
 
 def produce_on_policy(run: Run, num_groups: int) -> None:
@@ -359,20 +357,25 @@ def train_loop(run: Run, step: int, resume_hint: str) -> int:
         try:
             learner = learner_step(run)
         except LearnerFailure as failure:
+            run.evaluations.discard()  # of weights the run is going back from
             step = recover_learners(run, failure, resume_hint)
             policy.saved(step)
             continue
         step += 1
         evaluating = bool(cfg.eval.every) and (step % cfg.eval.every == 0 or step == cfg.steps)
         saving = policy.due(step) or step == cfg.steps
-        if cfg.mode == "async" and not (evaluating or saving):
-            # The next update runs while this one is recorded. Not when this step evaluates or
-            # checkpoints: those must see this step's weights, so the next update starts after them.
+        # The evaluation runs on a worker while training goes on; it is recorded when it ends.
+        evaluation = run.evaluations.start(f"step {step}") if evaluating else run.evaluations.poll()
+        if cfg.mode == "async" and not (saving or (evaluating and cfg.eval.kuhn_exploitability)):
+            # The next update runs while this one is recorded. Not when this step checkpoints or the
+            # learner's weights are evaluated: those must see this step's weights.
             run.learners.begin_step()
         record, replay = step_record(run, step, learner, meter)
-        if evaluating:
-            record |= evaluate(run)
-            run.progress.evaluated(step, record)
+        record |= evaluation | (learner_measures(run) if evaluating else {})
+        if step == cfg.steps:  # the last record holds the final evaluation
+            show_evaluation(run, record)
+            record |= run.evaluations.wait()
+        show_evaluation(run, record)
         if saving:
             record["time/checkpoint_s"] = checkpoint(run, step)
             policy.saved(step)
@@ -384,6 +387,12 @@ def train_loop(run: Run, step: int, resume_hint: str) -> int:
         run.live.refresh()
         rescale(run)
     return step
+
+
+def show_evaluation(run: Run, record: dict) -> None:
+    """A line for the evaluation in `record`, if it holds one, named by the version it measured."""
+    if any(key.startswith("eval_") for key in record):
+        run.progress.evaluated(record.get("eval_policy_version", record["step"]), record)
 
 
 def _save_on_the_way_out(run: Run, step: int, resume_hint: str) -> None:

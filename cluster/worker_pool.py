@@ -1,5 +1,5 @@
 """The rollout fleet, supervised: workers are started without waiting for them, replaced when they
-die, added and removed at the run's request, and asked for evaluations wherever one is ready.
+die, added and removed at the run's request, and handed out to whoever needs a ready one (evaluations).
 
 A worker is a numbered slot that can have several incarnations. Starting one returns at once: it
 joins (is `ready`) when its engine has warmed up, so a scale-up never pauses the learner. In async
@@ -160,22 +160,7 @@ class WorkerPool:
                 continue  # the next check() replaces it if it died
         return out
 
-    def on_any(self, call: Callable[[object], object], timeout_s: float, what: str, attempts: int = 3):
-        """`call(handle)` on a ready worker; a worker that dies meanwhile is replaced and the call
-        goes to another one, up to `attempts` times."""
-        for _ in range(attempts):
-            ready = self.ready
-            if not ready:
-                self._wait_for_one_ready(timeout_s)
-                continue
-            worker = ready[0]
-            try:
-                return ray.get(call(worker.handle), timeout=timeout_s)
-            except ray.exceptions.RayActorError as e:
-                log.warning("%s: %s", what, self._replace(worker, e))
-        raise RuntimeError(f"{what} failed on {attempts} rollout workers in a row")
-
-    def _wait_for_one_ready(self, timeout_s: float) -> None:
+    def wait_for_one_ready(self, timeout_s: float) -> None:
         refs = [w.ready_ref for w in self.workers]
         if not refs or not ray.wait(refs, num_returns=1, timeout=timeout_s)[0]:
             raise TimeoutError(f"no rollout worker became ready within {timeout_s:.0f}s")

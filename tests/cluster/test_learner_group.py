@@ -5,8 +5,6 @@ integration tests (tests/integration/test_pipeline.py, test_faults.py)."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 
 import pytest
 import ray
@@ -39,13 +37,7 @@ class CountingRank:
         return self.version, self.saved
 
 
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    temp_dir = tempfile.mkdtemp(prefix="tl", dir="/tmp")
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
-    yield
-    ray.shutdown()
-    shutil.rmtree(temp_dir, ignore_errors=True)
+pytestmark = pytest.mark.usefixtures("local_ray")
 
 
 @pytest.fixture

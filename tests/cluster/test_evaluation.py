@@ -1,0 +1,109 @@
+"""Evaluations beside training, on a local Ray with stand-in workers that answer evaluate() after a
+set delay (or die in it): a running evaluation is collected once it ends, never before; a new one
+waits for the previous; a worker that dies during one is replaced and the evaluation runs again on
+another; one past its bound stops the run. The real workers' path is covered by the integration
+tests (tests/integration/test_pipeline.py, test_hf_engine_run.py) and the demo's end-to-end run."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+import ray
+
+from cluster.config import RunConfig
+from cluster.errors import RunFailed
+from cluster.evaluation import Evaluations
+from cluster.scaling import RestartBudget
+from cluster.worker_pool import WorkerPool
+
+
+@ray.remote
+class StandInWorker:
+    """evaluate() answers after `delay_s` with accuracy `accuracy` at version `version`; or, with
+    `dies`, the process exits in it."""
+
+    def __init__(self, delay_s: float, accuracy: float, version: int, dies: bool) -> None:
+        self.delay_s, self.accuracy, self.version, self.dies = delay_s, accuracy, version, dies
+
+    def stats(self) -> dict:
+        return {}
+
+    def evaluate(self, temperatures, env) -> dict:
+        if self.dies:
+            os._exit(1)
+        time.sleep(self.delay_s)
+        return {"policy_version": self.version, "episodes": 4,
+                **{str(t): {"accuracy": self.accuracy - t / 2} for t in temperatures}}
+
+
+@ray.remote
+class StandInAdmission:
+    def worker_lost(self, name: str) -> int:
+        return 0
+
+
+pytestmark = pytest.mark.usefixtures("local_ray")
+
+
+def make_pool(*behaviours: dict) -> WorkerPool:
+    """One worker per behaviour, started in order; a replacement gets the next unused behaviour."""
+    queue = list(behaviours)
+
+    def start(slot: int, name: str):
+        return StandInWorker.options(num_cpus=0).remote(**queue.pop(0))
+
+    pool = WorkerPool(start, StandInAdmission.options(num_cpus=0).remote(), False, RestartBudget(3, 600.0))
+    pool.start(1)
+    pool.wait_ready(30)
+    return pool
+
+
+def healthy(delay_s: float = 0.0, accuracy: float = 0.75, version: int = 7) -> dict:
+    return {"delay_s": delay_s, "accuracy": accuracy, "version": version, "dies": False}
+
+
+def test_a_running_evaluation_is_collected_once_it_ends():
+    evaluations = Evaluations(RunConfig(), make_pool(healthy(delay_s=1.0)), timeout_s=30)
+    assert evaluations.poll() == {}  # none started
+    assert evaluations.start("step 10") == {}
+    assert evaluations.poll() == {}  # still running
+    deadline = time.monotonic() + 20
+    while not (record := evaluations.poll()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert record == {"eval_policy_version": 7, "eval_accuracy": 0.25, "eval_accuracy_greedy": 0.75}
+    assert evaluations.poll() == {}  # collected once
+
+
+def test_starting_an_evaluation_waits_for_the_previous_one_and_returns_it():
+    cfg = RunConfig.model_validate({"eval": {"greedy": False}})
+    evaluations = Evaluations(cfg, make_pool(healthy(delay_s=0.5)), timeout_s=30)
+    evaluations.start("step 10")
+    assert evaluations.start("step 20") == {"eval_policy_version": 7, "eval_accuracy": 0.25}
+    assert evaluations.wait() == {"eval_policy_version": 7, "eval_accuracy": 0.25}
+    assert evaluations.wait() == {}
+
+
+def test_a_worker_that_dies_during_an_evaluation_is_replaced_and_it_runs_on_another():
+    pool = make_pool({"delay_s": 0.0, "accuracy": 0.0, "version": 0, "dies": True}, healthy(version=9))
+    evaluations = Evaluations(RunConfig(), pool, timeout_s=60)
+    evaluations.start("step 10")
+    assert evaluations.wait()["eval_policy_version"] == 9
+    assert pool.restarts == 1 and next(iter(pool.last_errors.values())).startswith("ActorDiedError")
+
+
+def test_an_evaluation_past_its_bound_stops_the_run():
+    evaluations = Evaluations(RunConfig(), make_pool(healthy(delay_s=5.0)), timeout_s=0.5)
+    evaluations.start("step 30")
+    with pytest.raises(RunFailed, match=r"the evaluation of step 30 did not end within 0s"):
+        evaluations.wait()
+    assert evaluations.poll() == {}
+
+
+def test_a_discarded_evaluation_is_never_recorded():
+    evaluations = Evaluations(RunConfig(), make_pool(healthy()), timeout_s=30)
+    evaluations.start("step 40")
+    evaluations.discard()
+    time.sleep(0.5)
+    assert evaluations.poll() == {} and evaluations.wait() == {}
