@@ -100,6 +100,12 @@ class RayConfig(BaseModel):
     """A local instance's Prometheus endpoint (http://host:port/metrics); None: Ray picks a free port."""
 
 
+# Where a run's replay differs from the service's own defaults (prioritized, groups redrawn
+# without limit): the freshest groups, each trained on once. On the demo (2 cores) the async
+# learner then needs about as few steps to 0.70 as sync's on-policy one (stop 23, bench async).
+RUN_REPLAY_DEFAULTS = {"selector": "lifo", "max_times_sampled": 1}
+
+
 class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -116,7 +122,9 @@ class RunConfig(BaseModel):
     curriculum: CurriculumConfig = CurriculumConfig()
     """Which task category each new group draws; the same distribution for every worker."""
     rollout: RolloutConfig = RolloutConfig()
-    replay: ReplayConfig = ReplayConfig()
+    replay: ReplayConfig = ReplayConfig(**RUN_REPLAY_DEFAULTS)
+    """The service's settings, but by default the learner trains on the newest groups, each once
+    (RUN_REPLAY_DEFAULTS): a given `replay` section keeps them unless it sets them itself."""
     learner: LearnerConfig = LearnerConfig()
     loss: PolicyLossConfig = PolicyLossConfig()
     eval: EvalConfig = EvalConfig()
@@ -133,6 +141,11 @@ class RunConfig(BaseModel):
         if not self.eval.envs:
             return [(self.env, "")]
         return [(self.env.model_copy(update={"name": e.name, "params": e.params}), e.suffix) for e in self.eval.envs]
+
+    @field_validator("replay", mode="before")
+    @classmethod
+    def _run_replay_defaults(cls, value):
+        return RUN_REPLAY_DEFAULTS | value if isinstance(value, dict) else value
 
     @model_validator(mode="after")
     def _eval_envs_build(self) -> "RunConfig":

@@ -64,6 +64,14 @@ def test_demo_config_is_the_defaults_written_out():
     assert on_disk == defaults  # every other default is written out, none missing
 
 
+def test_a_replay_section_keeps_the_runs_replay_defaults_unless_it_sets_them():
+    assert (RunConfig().replay.selector, RunConfig().replay.max_times_sampled) == ("lifo", 1)
+    partial = load_config(None, {"replay": {"max_staleness": 2}}).replay
+    assert (partial.selector, partial.max_times_sampled, partial.max_staleness) == ("lifo", 1, 2)
+    own = load_config(None, {"replay": {"selector": "uniform", "max_times_sampled": 0}}).replay
+    assert (own.selector, own.max_times_sampled, own.alpha) == ("uniform", 0, 0.6)
+
+
 def test_example_cluster_config_validates_except_the_model_path():
     path = CONFIGS / "example-cluster.yaml"
     with pytest.raises(ConfigError, match=r"model\.path"):
