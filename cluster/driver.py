@@ -342,9 +342,9 @@ def step_record(run: Run, step: int, learner: dict, meter: RolloutMeter) -> tupl
 
 def train_loop(run: Run, step: int, resume_hint: str) -> int:
     cfg = run.cfg
-    first = evaluate(run)
-    run.writer.write({"step": step, "wall_s": time.time() - run.started, "policy_version": step, **first})
-    run.progress.evaluated(step, first)
+    first = {"step": step, "wall_s": time.time() - run.started, "policy_version": step, **evaluate(run)}
+    run.writer.write(first)
+    show_evaluation(run, first)
     meter = RolloutMeter()
     gauges = RunGauges(cfg.name)
     policy = CheckpointPolicy(cfg.checkpoint)

@@ -32,8 +32,9 @@ class Progress:
         """A timestamped line, never wrapped: paths and commands in it stay whole for copying."""
         self.console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {message}", soft_wrap=True, highlight=False)
 
-    def evaluated(self, step: int, record: dict) -> None:
-        """One line per evaluation: the headline measures, sampled (T=1) / greedy where both exist."""
+    def evaluated(self, version: int, record: dict) -> None:
+        """One line per evaluation, named by the policy version it measured: the headline measures,
+        sampled (T=1) / greedy where both exist."""
         names = [k[len("eval_"):] for k in record if k.startswith("eval_") and not k.endswith("_greedy")]
         shown = [n for n in HEADLINE if n in names] or [n for n in names if n not in ("return", "failed", "policy_version")]
 
@@ -43,7 +44,7 @@ class Progress:
 
         self._eval = "eval " + " ".join(value(n).replace(" ", "") for n in shown[:2])
         kinds = "sampled / greedy" if any(f"eval_{n}_greedy" in record for n in shown) else "sampled"
-        self.note(f"step {step}: held-out ({kinds}) " + ", ".join(f"{n} {value(n)}" for n in shown))
+        self.note(f"version {version}: held-out ({kinds}) " + ", ".join(f"{n} {value(n)}" for n in shown))
 
     def stepped(self, record: dict) -> None:
         text = (f"reward {record.get('reward_mean', float('nan')):.2f}  {self._eval}  "
