@@ -95,7 +95,7 @@ class Evaluations:
         if not ready:
             self.workers.wait_for_one_ready(self.timeout_s)
             ready = self.workers.ready
-        temperatures = (1.0, 0.0) if self.cfg.greedy else (1.0,)
+        temperatures = tuple(temperature for temperature, _ in _variants(self.cfg))
         return [(suffix, worker, worker.handle.evaluate.remote(temperatures, env))
                 for (env, suffix), worker in zip(self.envs, _cycle(ready, len(self.envs)))]
 
@@ -106,10 +106,14 @@ def eval_record(cfg: EvalConfig, results: dict[str, dict]) -> dict:
     record = {}
     for suffix, result in results.items():
         record["eval_policy_version"] = result["policy_version"]
-        record |= {f"eval_{name}{suffix}": value for name, value in result["1.0"].items()}
-        if cfg.greedy:
-            record |= {f"eval_{name}{suffix}_greedy": value for name, value in result["0.0"].items()}
+        for temperature, greedy in _variants(cfg):
+            record |= {f"eval_{name}{suffix}{greedy}": value for name, value in result[str(temperature)].items()}
     return record
+
+
+def _variants(cfg: EvalConfig) -> tuple[tuple[float, str], ...]:
+    """(temperature, key suffix) of each pass: sampled (T=1) always, greedy unless `eval.greedy` is off."""
+    return ((1.0, ""), (0.0, "_greedy")) if cfg.greedy else ((1.0, ""),)
 
 
 def _died(ref) -> bool:

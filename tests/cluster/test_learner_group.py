@@ -5,7 +5,6 @@ integration tests (tests/integration/test_pipeline.py, test_faults.py)."""
 
 from __future__ import annotations
 
-
 import pytest
 import ray
 
