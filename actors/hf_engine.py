@@ -77,11 +77,10 @@ class TransformersEngine:
             if request.sampling not in samplings:
                 samplings.append(request.sampling)
         for sampling in samplings:
-            rows = [(request_id, request) for request_id, request in taken.items() if request.sampling == sampling
-                    for _ in range(request.n)]
-            generated = self._generate([r.prompt_ids for _, r in rows], [r.max_tokens for _, r in rows], sampling)
-            for (request_id, _), sample in zip(rows, generated):
-                samples[request_id].append(sample)
+            requests = {request_id: request for request_id, request in taken.items() if request.sampling == sampling}
+            generated = iter(self._generate(list(requests.values()), sampling))
+            for request_id, request in requests.items():
+                samples[request_id] = [next(generated) for _ in range(request.n)]
         return [Finished(request_id, samples[request_id]) for request_id in taken]
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
@@ -114,22 +113,30 @@ class TransformersEngine:
         return taken
 
     @torch.no_grad()
-    def _generate(self, prompts: list[list[int]], limits: list[int], sampling: SamplingConfig) -> list[Sample]:
-        """Every row to EOS, a stop string or its own token limit, in one KV-cached batch."""
-        rows, width = len(prompts), max(map(len, prompts))
-        input_ids = torch.full((rows, width), self._pad, dtype=torch.long)
-        mask = torch.zeros((rows, width), dtype=torch.long)
-        for row, prompt in enumerate(prompts):  # left padding: every row's next token is at the last column
-            input_ids[row, width - len(prompt):] = torch.tensor(prompt)
-            mask[row, width - len(prompt):] = 1
+    def _generate(self, requests: list[_Request], sampling: SamplingConfig) -> list[Sample]:
+        """Each request's n samples (request by request), every one to EOS, a stop string or its
+        token limit, in one KV-cached batch. A prompt is run through the model once and its cache
+        repeated for its n samples (a group's G samples share one prompt)."""
+        width = max(len(r.prompt_ids) for r in requests)
+        input_ids = torch.full((len(requests), width), self._pad, dtype=torch.long)
+        mask = torch.zeros((len(requests), width), dtype=torch.long)
+        for index, request in enumerate(requests):  # left padding: every row's next token is at the last column
+            input_ids[index, width - len(request.prompt_ids):] = torch.tensor(request.prompt_ids)
+            mask[index, width - len(request.prompt_ids):] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                         logits_to_keep=1)
+        prompt_of_row = torch.repeat_interleave(torch.arange(len(requests)), torch.tensor([r.n for r in requests]))
+        out.past_key_values.reorder_cache(prompt_of_row)
+        logits, mask = out.logits[prompt_of_row, -1], mask[prompt_of_row]
+        next_position = positions[prompt_of_row, -1:] + 1
+        limits = [r.max_tokens for r in requests for _ in range(r.n)]
+        rows = len(limits)
         tokens: list[list[int]] = [[] for _ in range(rows)]
         logprobs: list[list[float]] = [[] for _ in range(rows)]
         reasons: list[str | None] = [None] * rows
-        next_position = positions[:, -1:] + 1
         for _ in range(max(limits)):
-            logits = out.logits[:, -1].float()
+            logits = logits.float()
             picked = pick_tokens(logits, sampling, self._generator)
             chosen = torch.log_softmax(logits, -1).gather(1, picked[:, None]).squeeze(1)
             for row, (token, logprob) in enumerate(zip(picked.tolist(), chosen.tolist())):
@@ -142,7 +149,7 @@ class TransformersEngine:
             mask = torch.cat([mask, mask.new_ones((rows, 1))], dim=1)
             out = self.model(input_ids=picked[:, None], attention_mask=mask, position_ids=next_position,
                              past_key_values=out.past_key_values, use_cache=True)
-            next_position = next_position + 1
+            logits, next_position = out.logits[:, -1], next_position + 1
         # every row has its reason by now: the loop runs to the longest limit, and a row at its limit is done
         return [Sample(tokens[row], logprobs[row], [self.version] * len(tokens[row]), reasons[row])
                 for row in range(rows)]
