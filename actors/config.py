@@ -63,11 +63,11 @@ class RolloutConfig(BaseModel):
     (their later tokens carry the new version). False: new requests wait until the engine drains."""
     engine: EngineConfig = EngineConfig()
     nice: int = Field(10, ge=0, le=19)
-    """Unix niceness of the worker processes. Where workers share CPU cores with the learner (the
-    demo, a laptop, CI), the learner's update is the critical path of async training: at 10 the
-    kernel runs it first and the workers fill the time it leaves (README: the TRL section's A/B). It
-    changes nothing where each role has cores of its own. 0: workers and learner share equally.
-    Workers started already nicer (a run under `nice`) keep their value."""
+    """How many steps of Unix niceness the worker processes run below the one Ray started them at
+    (which the learner keeps; at most 19 in all). Where workers share CPU cores with the learner
+    (the demo, a laptop, CI), the learner's update is the critical path of async training: 10 steps
+    below it the kernel runs it first and the workers fill the time it leaves. It changes nothing
+    where each role has cores of its own. 0: workers and learner share equally."""
 
     @model_validator(mode="after")
     def _sampling_fits_the_engine(self) -> "RolloutConfig":

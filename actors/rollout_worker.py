@@ -58,16 +58,19 @@ class _EpisodesJob:
     episodes: dict[int, Episode] = field(default_factory=dict)
 
 
-def run_at_niceness(niceness: int) -> None:
-    """Run this whole process at `niceness` at least. Linux keeps a nice value per thread, and Ray
-    has started threads of its own in an actor's process before the actor is built: each one is
-    set (threads started later inherit the value of the thread that starts them). A thread already
-    nicer keeps its value: lowering it needs privileges a user's run does not have."""
+def run_nicer(steps: int) -> None:
+    """Run this whole process `steps` nicer than it was started (at most 19, the kernel's bound):
+    relative, because Ray starts every actor at a niceness of its own (the learner's too), so an
+    absolute value could leave the workers level with the learner. Linux keeps a nice value per
+    thread, and Ray has started threads of its own in an actor's process before the actor is built:
+    each one is set (threads started later inherit the value of the thread that starts them). A
+    thread already nicer keeps its value: lowering it needs privileges a user's run does not have."""
+    target = min(19, os.getpriority(os.PRIO_PROCESS, 0) + steps)
     threads = Path("/proc/self/task")
     for thread_id in [int(t.name) for t in threads.iterdir()] if threads.is_dir() else [0]:
         try:
-            if os.getpriority(os.PRIO_PROCESS, thread_id) < niceness:
-                os.setpriority(os.PRIO_PROCESS, thread_id, niceness)
+            if os.getpriority(os.PRIO_PROCESS, thread_id) < target:
+                os.setpriority(os.PRIO_PROCESS, thread_id, target)
         except ProcessLookupError:  # a thread that ended meanwhile
             pass
 
@@ -80,7 +83,7 @@ class RolloutWorker:
         from transformers import AutoTokenizer
 
         torch.set_num_threads(1)  # several workers share the machine's cores
-        run_at_niceness(cfg.nice)  # before the engine and the loop start their threads
+        run_nicer(cfg.nice)  # before the engine and the loop start their threads
         self.cfg, self.env_cfg = cfg, env_cfg
         self.name = name
         self.engine = make_engine(model_path, cfg.engine, seed=seed)

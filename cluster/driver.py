@@ -131,8 +131,12 @@ def start_run(cfg: RunConfig, run_dir: Path, stack: ExitStack, progress: Progres
         use_cluster_token()
     # The actors' own output (vLLM, DeepSpeed and their warnings) goes to the session's log files, not
     # to this terminal: it shows the run's progress; failures still arrive here as exceptions.
+    # Our own instance starts its actors at the driver's priority, not at Ray's default niceness 15:
+    # the learner then runs level with Redis and the driver, not below them, and `rollout.nice`
+    # puts the workers the steps it names below the learner (from 15 they could only reach 19).
     local = {"num_cpus": cfg.ray.num_cpus, "dashboard_host": cfg.ray.dashboard_host,
-             "_metrics_export_port": cfg.ray.metrics_export_port} if cfg.ray.address is None else {}
+             "_metrics_export_port": cfg.ray.metrics_export_port,
+             "_system_config": {"worker_niceness": 0}} if cfg.ray.address is None else {}
     context = ray.init(address=cfg.ray.address, include_dashboard=cfg.ray.include_dashboard,
                        runtime_env={"env_vars": ACTOR_ENV}, logging_level=logging.ERROR, log_to_driver=False, **local)
     stack.callback(ray.shutdown)
