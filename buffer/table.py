@@ -14,6 +14,7 @@ from buffer.config import ReplayConfig
 from buffer.errors import ConfigMismatchError
 from buffer.preflight import connect_checked
 from buffer.scripts import script_source
+from buffer.selectors import SELECTORS
 
 
 def table_fields(config: ReplayConfig) -> dict[str, str]:
@@ -26,6 +27,7 @@ def table_fields(config: ReplayConfig) -> dict[str, str]:
         "max_staleness": str(config.max_staleness), "spi": repr(limiter.samples_per_insert),
         "min_size": str(limiter.min_size_to_sample), "min_diff": repr(limiter.min_diff),
         "max_diff": repr(limiter.max_diff), "dedup_ttl_s": str(config.dedup_ttl_s),
+        "skip_zero_signal": str(int(not SELECTORS.get(config.selector).stores_zero_signal)),
     }
 
 

@@ -23,7 +23,8 @@ local function fmt(x) return string.format('%.17g', x) end
 local cfg = nil
 local function load_config()
   local v = redis.call('HMGET', K_CONFIG, 'base', 'capacity', 'selector', 'alpha', 'remover',
-    'max_times_sampled', 'max_staleness', 'spi', 'min_size', 'min_diff', 'max_diff', 'dedup_ttl_s')
+    'max_times_sampled', 'max_staleness', 'spi', 'min_size', 'min_diff', 'max_diff', 'dedup_ttl_s',
+    'skip_zero_signal')
   if not v[1] then
     return redis.error_reply('namespace ' .. ns .. ' is not initialised on this shard')
   end
@@ -32,7 +33,7 @@ local function load_config()
     order_key = (v[5] == 'lowest_priority') and K_BYPRIO or K_FIFO,
     max_times = tonumber(v[6]), max_staleness = tonumber(v[7]), spi = tonumber(v[8]),
     min_size = tonumber(v[9]), min_diff = tonumber(v[10]), max_diff = tonumber(v[11]),
-    dedup_ttl = tonumber(v[12]),
+    dedup_ttl = tonumber(v[12]), skip_zero_signal = (v[13] == '1'),
   }
   return nil
 end

@@ -27,9 +27,9 @@ if learner_version and newest > learner_version then
   redis.call('HINCRBY', K_STATS, 'evicted_rewound', 1)
   return acked_not_stored('rewound', {'rewound'})
 end
--- A zero-signal group teaches nothing: prioritized would never draw it, lifo would spend a slot of
--- the learner's batch on it. uniform and fifo keep it (their users may want every group).
-if (cfg.selector == 'prioritized' or cfg.selector == 'lifo') and priority <= 0 then
+-- A zero-signal group teaches nothing: whether the selector stores it is its registry entry's
+-- `stores_zero_signal` (buffer/selectors.py), carried here by the table's settings.
+if cfg.skip_zero_signal and priority <= 0 then
   redis.call('HINCRBY', K_STATS, 'zero_signal_skips', 1)
   return acked_not_stored('zero_signal', {'skip'})
 end

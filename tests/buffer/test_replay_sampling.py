@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from buffer import RateLimiterTimeout
+from buffer.selectors import SELECTORS
 
 # chi-square critical value at significance 0.001 with 9 degrees of freedom (10 groups), from
 # standard tables (scipy.stats.chi2.ppf(0.999, 9) = 27.877); scipy is not in the venv yet.
@@ -54,14 +55,19 @@ def test_probabilities_and_weights_follow_the_formulas(shards, namespace, make_c
         assert sampled.group.priority == priorities[group_id]
 
 
-@pytest.mark.parametrize("selector", ["prioritized", "lifo"])
-def test_zero_signal_groups_are_skipped_and_never_sampled(shards, namespace, make_client, make_group, selector):
+@pytest.mark.parametrize("selector", SELECTORS.names())
+def test_zero_signal_groups_are_stored_only_where_the_selector_says(shards, namespace, make_client, make_group,
+                                                                    selector):
+    stores = SELECTORS.get(selector).stores_zero_signal
+    assert stores == (selector in ("uniform", "fifo"))
     client = make_client([s.url for s in shards], namespace, selector=selector)
-    assert not client.insert(make_group([1.0, 1.0, 1.0]))  # zero variance: learning signal exactly 0
+    flat = make_group([1.0, 1.0, 1.0])  # zero variance: learning signal exactly 0
+    assert client.insert(flat) == stores
     kept = make_group([0.0, 1.0])
     assert client.insert(kept)
-    assert client.stats().to_dict()["replay/zero_signal_skips"] == 1
-    assert {s.group.group_id for s in client.sample(20, learner_version=0)} == {kept.group_id}
+    assert client.stats().to_dict()["replay/zero_signal_skips"] == (0 if stores else 1)
+    drawn = {s.group.group_id for s in client.sample(20, learner_version=0)}
+    assert drawn == ({flat.group_id, kept.group_id} if stores else {kept.group_id})
 
 
 def test_priority_update_to_zero_stops_sampling(shards, namespace, make_client, make_group):
