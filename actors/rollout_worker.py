@@ -75,6 +75,14 @@ def run_nicer(steps: int) -> None:
             pass
 
 
+def _waiter_of(job: tuple[str, object]) -> cf.Future | None:
+    """The future a caller waits on for a queued job (None: produce and stop have no waiter)."""
+    kind, value = job
+    if kind == "episodes":
+        return value.future
+    return value[1] if kind in ("weights", "quota") else None
+
+
 class RolloutWorker:
     def __init__(self, name: str, model_path: str, cfg: RolloutConfig, env_cfg: EnvConfig,
                  replay_cfg: ReplayConfig, shard_urls: list[str], channel, admission, seed: int,
@@ -98,6 +106,8 @@ class RolloutWorker:
         self.admission = admission
         self.rng = np.random.default_rng(seed)
         self._jobs: queue.Queue = queue.Queue()
+        self._accepting = True  # False once the engine thread ends: jobs are refused, not left queued
+        self._post_lock = threading.Lock()
         self._producing = False  # async mode: keep generating, as admitted
         self._quota: tuple[int, cf.Future] | None = None  # sync mode: groups still to store, and who waits
         self._episode_jobs: list[_EpisodesJob] = []
@@ -174,9 +184,10 @@ class RolloutWorker:
                 "episode_errors": self.errors.snapshot()}
 
     def _post(self, job) -> None:
-        if self._stopped.is_set():
-            raise WorkerStopped(f"{self.name} has stopped" + (f": {self._failure}" if self._failure else ""))
-        self._jobs.put(job)
+        with self._post_lock:
+            if not self._accepting:
+                raise WorkerStopped(f"{self.name} has stopped" + (f": {self._failure}" if self._failure else ""))
+            self._jobs.put(job)
 
     def _wait(self, future: cf.Future, timeout_s: float, what: str):
         try:
@@ -329,9 +340,16 @@ class RolloutWorker:
                      trajectories=trajectories, priority=learning_signal(rewards))
 
     def _shutdown(self) -> None:
+        """Every caller still waiting is answered with the reason: those whose jobs the thread took,
+        and those whose jobs it never reached (an evaluation queued as the thread failed)."""
+        with self._post_lock:
+            self._accepting = False
+        queued = []
+        while not self._jobs.empty():
+            queued.append(self._jobs.get_nowait())
         error = WorkerStopped(f"{self.name} stopped" + (f": {self._failure}" if self._failure else ""))
         for future in [*(waiter for _, waiter in self._weight_waiters), *(j.future for j in self._episode_jobs),
-                       *([self._quota[1]] if self._quota else [])]:
+                       *([self._quota[1]] if self._quota else []), *filter(None, map(_waiter_of, queued))]:
             if not future.done():
                 future.set_exception(error)
         self.loop.close()

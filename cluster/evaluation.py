@@ -6,8 +6,8 @@ policy version it measured (`eval_policy_version`: the worker loads the newest w
 holds them until the evaluation ends). So the learner never waits for an evaluation: in async mode
 it trains on meanwhile, and a time to a target accuracy counts when the run knew it.
 
-A worker that dies during an evaluation is replaced and the evaluation started again on another
-one, a bounded number of times; an evaluation that does not end within its bound stops the run.
+A worker that dies during an evaluation, or whose engine thread fails, is replaced and the
+evaluation started again on another one, a bounded number of times; an evaluation that does not end within its bound stops the run.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import ray
 
+from actors.rollout_worker import WorkerStopped
 from cluster.config import EvalConfig, RunConfig
 from cluster.errors import RunFailed
 from cluster.worker_pool import Worker, WorkerPool
@@ -71,21 +72,23 @@ class Evaluations:
             except ray.exceptions.GetTimeoutError as e:
                 self._running = None
                 raise RunFailed(f"the evaluation of {running.what} did not end within {self.timeout_s:.0f}s") from e
-            except ray.exceptions.RayActorError as e:
+            except ray.exceptions.RayError as e:
+                if not _worker_gone(e):
+                    raise
                 running = self._retry(running, e)
 
     def discard(self) -> None:
         """Forget the running evaluation (its weights belong to a timeline the run went back from)."""
         self._running = None
 
-    def _retry(self, running: _Running, error: ray.exceptions.RayActorError) -> _Running:
+    def _retry(self, running: _Running, error: ray.exceptions.RayError) -> _Running:
         for _, worker, ref in running.calls:
             if worker in self.workers.workers and _died(ref):
                 log.warning("evaluation: %s", self.workers.replace_dead(worker, error))
         if running.attempts >= ATTEMPTS:
             self._running = None
-            raise RunFailed(f"the evaluation of {running.what} failed on {ATTEMPTS} rollout workers in a row: "
-                            f"{error}") from error
+            raise RunFailed(f"the evaluation of {running.what} failed on {ATTEMPTS} rollout workers in a row; "
+                            f"the last: {_why(error)}") from error
         self._running = _Running(running.what, self._submit(), running.deadline, running.attempts + 1)
         return self._running
 
@@ -117,14 +120,27 @@ def _variants(cfg: EvalConfig) -> tuple[tuple[float, str], ...]:
 
 
 def _died(ref) -> bool:
-    """Whether the call behind `ref` has ended with its worker's death."""
+    """Whether the call behind `ref` has ended with its worker gone."""
     if not ray.wait([ref], timeout=0)[0]:
         return False
     try:
         ray.get(ref)
         return False
-    except ray.exceptions.RayActorError:
-        return True
+    except ray.exceptions.RayError as e:
+        return _worker_gone(e)
+
+
+def _worker_gone(error: ray.exceptions.RayError) -> bool:
+    """The worker's process died, or its engine thread ended (the actor lives on, unable to serve)."""
+    return isinstance(error, ray.exceptions.RayActorError) or (
+        isinstance(error, ray.exceptions.RayTaskError) and isinstance(error.cause, WorkerStopped))
+
+
+def _why(error: ray.exceptions.RayError) -> str:
+    """`Type: last line` of what failed (the worker's own exception, not Ray's wrapping of it)."""
+    cause = error.cause if isinstance(error, ray.exceptions.RayTaskError) and error.cause else error
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[-1] if lines else ''}"
 
 
 def _cycle(workers: list[Worker], count: int) -> list[Worker]:

@@ -1,7 +1,7 @@
 """Evaluations beside training, on a local Ray with stand-in workers that answer evaluate() after a
-set delay (or die in it): a running evaluation is collected once it ends, never before; a new one
-waits for the previous; a worker that dies during one is replaced and the evaluation runs again on
-another; one past its bound stops the run. The real workers' path is covered by the integration
+set delay (or die in it, or have their engine thread fail): a running evaluation is collected once
+it ends, never before; a new one waits for the previous; a worker lost during one is replaced and
+the evaluation runs again on another; one past its bound stops the run. The real workers' path is covered by the integration
 tests (tests/integration/test_pipeline.py, test_hf_engine_run.py) and the demo's end-to-end run."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import time
 import pytest
 import ray
 
+from actors.rollout_worker import WorkerStopped
 from cluster.config import RunConfig
 from cluster.errors import RunFailed
 from cluster.evaluation import Evaluations
@@ -21,18 +22,21 @@ from cluster.worker_pool import WorkerPool
 
 @ray.remote
 class StandInWorker:
-    """evaluate() answers after `delay_s` with accuracy `accuracy` at version `version`; or, with
-    `dies`, the process exits in it."""
+    """evaluate() answers after `delay_s` with accuracy `accuracy` at version `version`; or it fails:
+    `fails="process"` exits the process in it, `fails="engine"` raises what a real worker raises
+    once its engine thread has ended."""
 
-    def __init__(self, delay_s: float, accuracy: float, version: int, dies: bool) -> None:
-        self.delay_s, self.accuracy, self.version, self.dies = delay_s, accuracy, version, dies
+    def __init__(self, delay_s: float, accuracy: float, version: int, fails: str | None) -> None:
+        self.delay_s, self.accuracy, self.version, self.fails = delay_s, accuracy, version, fails
 
     def stats(self) -> dict:
         return {}
 
     def evaluate(self, temperatures, env) -> dict:
-        if self.dies:
+        if self.fails == "process":
             os._exit(1)
+        if self.fails == "engine":
+            raise WorkerStopped("w0 stopped: ConfigMismatchError: the replay table has other settings")
         time.sleep(self.delay_s)
         return {"policy_version": self.version, "episodes": 4,
                 **{str(t): {"accuracy": self.accuracy - t / 2} for t in temperatures}}
@@ -61,7 +65,7 @@ def make_pool(*behaviours: dict) -> WorkerPool:
 
 
 def healthy(delay_s: float = 0.0, accuracy: float = 0.75, version: int = 7) -> dict:
-    return {"delay_s": delay_s, "accuracy": accuracy, "version": version, "dies": False}
+    return {"delay_s": delay_s, "accuracy": accuracy, "version": version, "fails": None}
 
 
 def test_a_running_evaluation_is_collected_once_it_ends():
@@ -85,12 +89,22 @@ def test_starting_an_evaluation_waits_for_the_previous_one_and_returns_it():
     assert evaluations.wait() == {}
 
 
-def test_a_worker_that_dies_during_an_evaluation_is_replaced_and_it_runs_on_another():
-    pool = make_pool({"delay_s": 0.0, "accuracy": 0.0, "version": 0, "dies": True}, healthy(version=9))
+@pytest.mark.parametrize(("fails", "error"), [("process", "ActorDiedError"), ("engine", "RayTaskError")])
+def test_a_worker_lost_during_an_evaluation_is_replaced_and_it_runs_on_another(fails, error):
+    pool = make_pool({"delay_s": 0.0, "accuracy": 0.0, "version": 0, "fails": fails}, healthy(version=9))
     evaluations = Evaluations(RunConfig(), pool, timeout_s=60)
     evaluations.start("step 10")
     assert evaluations.wait()["eval_policy_version"] == 9
-    assert pool.restarts == 1 and next(iter(pool.last_errors.values())).startswith("ActorDiedError")
+    assert pool.restarts == 1 and next(iter(pool.last_errors.values())).startswith(error)
+
+
+def test_an_evaluation_that_fails_on_every_worker_stops_the_run_naming_why():
+    engine_failed = {"delay_s": 0.0, "accuracy": 0.0, "version": 0, "fails": "engine"}
+    evaluations = Evaluations(RunConfig(), make_pool(*[engine_failed] * 4), timeout_s=60)
+    evaluations.start("step 10")
+    with pytest.raises(RunFailed, match=r"failed on 3 rollout workers in a row; the last: WorkerStopped: "
+                       r"w0 stopped: ConfigMismatchError: the replay table has other settings$"):
+        evaluations.wait()
 
 
 def test_an_evaluation_past_its_bound_stops_the_run():
