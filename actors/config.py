@@ -52,8 +52,11 @@ class RolloutConfig(BaseModel):
     num_workers: int = Field(2, ge=1)
     group_size: int = Field(8, ge=2)
     """G: episodes per task; GRPO needs at least 2 to have a baseline."""
-    groups_in_flight: int = Field(8, ge=1)
-    """Groups each worker keeps generating at once; a new one starts as soon as one is inserted."""
+    groups_in_flight: int = Field(16, ge=1)
+    """Groups each worker keeps generating at once; a new one starts as soon as one is inserted.
+    vLLM's per-step scheduling is amortised over the batch: on the demo 16 made a step 1.2-1.5x
+    faster than 8 (3 pairs). The transformers engine on two cores did better at 8 (2 pairs):
+    its static batches only add staleness and groups that go stale unused."""
     sampling: SamplingConfig = SamplingConfig()
     limits: EpisodeLimits = EpisodeLimits()
     max_staleness: int = Field(4, ge=0)
