@@ -6,8 +6,9 @@ policy version it measured (`eval_policy_version`: the worker loads the newest w
 holds them until the evaluation ends). So the learner never waits for an evaluation: in async mode
 it trains on meanwhile, and a time to a target accuracy counts when the run knew it.
 
-A worker that dies during an evaluation, or whose engine thread fails, is replaced and the
-evaluation started again on another one, a bounded number of times; an evaluation that does not end within its bound stops the run.
+A worker lost during an evaluation (its process died, or its engine thread failed) is replaced
+and the evaluation started again on another one, a bounded number of times; an evaluation that
+does not end within its bound stops the run.
 """
 
 from __future__ import annotations
@@ -18,10 +19,9 @@ from dataclasses import dataclass
 
 import ray
 
-from actors.rollout_worker import WorkerStopped
 from cluster.config import EvalConfig, RunConfig
 from cluster.errors import RunFailed
-from cluster.worker_pool import Worker, WorkerPool
+from cluster.worker_pool import Worker, WorkerPool, worker_lost
 
 log = logging.getLogger(__name__)
 ATTEMPTS = 3  # workers an evaluation is tried on before the run stops
@@ -73,7 +73,7 @@ class Evaluations:
                 self._running = None
                 raise RunFailed(f"the evaluation of {running.what} did not end within {self.timeout_s:.0f}s") from e
             except ray.exceptions.RayError as e:
-                if not _worker_gone(e):
+                if not worker_lost(e):
                     raise
                 running = self._retry(running, e)
 
@@ -127,13 +127,7 @@ def _died(ref) -> bool:
         ray.get(ref)
         return False
     except ray.exceptions.RayError as e:
-        return _worker_gone(e)
-
-
-def _worker_gone(error: ray.exceptions.RayError) -> bool:
-    """The worker's process died, or its engine thread ended (the actor lives on, unable to serve)."""
-    return isinstance(error, ray.exceptions.RayActorError) or (
-        isinstance(error, ray.exceptions.RayTaskError) and isinstance(error.cause, WorkerStopped))
+        return worker_lost(e)
 
 
 def _why(error: ray.exceptions.RayError) -> str:

@@ -20,12 +20,20 @@ from dataclasses import dataclass, field
 
 import ray
 
+from actors.rollout_worker import WorkerStopped
 from cluster.errors import RunFailed
 from cluster.scaling import RestartBudget, reconcile_workers
 
 log = logging.getLogger(__name__)
 CALL_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 60.0  # a stopping worker finishes and inserts its groups in flight within this
+
+
+def worker_lost(error: BaseException) -> bool:
+    """Whether a call failed because its worker is gone: the process died, or its engine thread
+    ended (the actor lives on, unable to serve). Such a worker is for `replace_dead`."""
+    return isinstance(error, ray.exceptions.RayActorError) or (
+        isinstance(error, ray.exceptions.RayTaskError) and isinstance(error.cause, WorkerStopped))
 
 
 class WorkerCrashLoop(RunFailed):

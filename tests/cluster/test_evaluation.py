@@ -1,8 +1,9 @@
 """Evaluations beside training, on a local Ray with stand-in workers that answer evaluate() after a
 set delay (or die in it, or have their engine thread fail): a running evaluation is collected once
 it ends, never before; a new one waits for the previous; a worker lost during one is replaced and
-the evaluation runs again on another; one past its bound stops the run. The real workers' path is covered by the integration
-tests (tests/integration/test_pipeline.py, test_hf_engine_run.py) and the demo's end-to-end run."""
+the evaluation runs again on another; one past its bound stops the run. The real workers' path is
+covered by the integration tests (tests/integration/test_pipeline.py, test_hf_engine_run.py) and
+the demo's end-to-end run."""
 
 from __future__ import annotations
 
