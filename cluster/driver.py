@@ -48,7 +48,7 @@ from cluster.run_shards import RunShards
 from cluster.scaling import RestartBudget
 from cluster.submit import use_cluster_token
 from cluster.weight_channel import WeightChannel
-from cluster.worker_pool import WorkerPool
+from cluster.worker_pool import Worker, WorkerPool, worker_lost
 from learner.learner_actor import RemoteLearner
 
 log = logging.getLogger(__name__)
@@ -240,24 +240,31 @@ def learner_measures(run: Run) -> dict:
 
 def produce_on_policy(run: Run, num_groups: int) -> None:
     """Sync mode: the ready workers load the newest weights, then fill the replay with one batch of
-    groups that carry a learning signal. A worker that dies meanwhile is replaced and its share
-    made by the others."""
+    groups that carry a learning signal. A worker lost meanwhile (process dead, or engine thread
+    ended) is replaced and its share made by the others."""
     missing = num_groups
     for _ in range(3):
-        workers = run.workers.ready
-        ray.get([w.handle.sync_weights.remote() for w in workers], timeout=CALL_TIMEOUT_S)
+        syncs = [(w, w.handle.sync_weights.remote()) for w in run.workers.ready]
+        workers = [w for w, ref in syncs if _answered(run, w, ref, CALL_TIMEOUT_S)]
         shares = [missing // len(workers) + (i < missing % len(workers)) for i in range(len(workers))]
         calls = [(w, k, w.handle.produce.remote(k)) for w, k in zip(workers, shares) if k]
-        for worker, share, ref in calls:
-            try:
-                ray.get(ref, timeout=run.cfg.faults.watchdog_s)
-                missing -= share
-            except ray.exceptions.RayActorError as e:
-                run.note(run.workers.replace_dead(worker, e))
-                run.workers.wait_ready(run.cfg.faults.start_timeout_s)
+        missing -= sum(k for w, k, ref in calls if _answered(run, w, ref, run.cfg.faults.watchdog_s))
         if missing <= 0:
             return
     raise RunFailed(f"sync mode: {missing} of {num_groups} groups could not be produced after 3 attempts")
+
+
+def _answered(run: Run, worker: Worker, ref, timeout_s: float) -> bool:
+    """Whether the worker's call ended well; a worker lost in it is replaced before this returns."""
+    try:
+        ray.get(ref, timeout=timeout_s)
+        return True
+    except ray.exceptions.RayError as e:
+        if not worker_lost(e):
+            raise
+        run.note(run.workers.replace_dead(worker, e))
+        run.workers.wait_ready(run.cfg.faults.start_timeout_s)
+        return False
 
 
 def learner_step(run: Run) -> dict:

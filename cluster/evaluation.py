@@ -21,7 +21,7 @@ import ray
 
 from cluster.config import EvalConfig, RunConfig
 from cluster.errors import RunFailed
-from cluster.worker_pool import Worker, WorkerPool, worker_lost
+from cluster.worker_pool import Worker, WorkerPool, failure_reason, worker_lost
 
 log = logging.getLogger(__name__)
 ATTEMPTS = 3  # workers an evaluation is tried on before the run stops
@@ -88,7 +88,7 @@ class Evaluations:
         if running.attempts >= ATTEMPTS:
             self._running = None
             raise RunFailed(f"the evaluation of {running.what} failed on {ATTEMPTS} rollout workers in a row; "
-                            f"the last: {_why(error)}") from error
+                            f"the last: {failure_reason(error)}") from error
         self._running = _Running(running.what, self._submit(), running.deadline, running.attempts + 1)
         return self._running
 
@@ -128,13 +128,6 @@ def _died(ref) -> bool:
         return False
     except ray.exceptions.RayError as e:
         return worker_lost(e)
-
-
-def _why(error: ray.exceptions.RayError) -> str:
-    """`Type: last line` of what failed (the worker's own exception, not Ray's wrapping of it)."""
-    cause = error.cause if isinstance(error, ray.exceptions.RayTaskError) and error.cause else error
-    lines = str(cause).strip().splitlines()
-    return f"{type(cause).__name__}: {lines[-1] if lines else ''}"
 
 
 def _cycle(workers: list[Worker], count: int) -> list[Worker]:

@@ -36,6 +36,13 @@ def worker_lost(error: BaseException) -> bool:
         isinstance(error, ray.exceptions.RayTaskError) and isinstance(error.cause, WorkerStopped))
 
 
+def failure_reason(error: BaseException) -> str:
+    """`Type: last line` of what failed: the worker's own exception, not Ray's wrapping of it."""
+    cause = error.cause if isinstance(error, ray.exceptions.RayTaskError) and error.cause else error
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[-1] if lines else ''}"
+
+
 class WorkerCrashLoop(RunFailed):
     """A worker slot died more often than its restart budget allows."""
 
@@ -130,7 +137,7 @@ class WorkerPool:
         return self._replace(worker, error)
 
     def _replace(self, dead: Worker, error: BaseException) -> str:
-        reason = f"{type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}"
+        reason = failure_reason(error)
         self.last_errors[dead.name] = reason
         self._on_gone(dead)
         lost = ray.get(self.admission.worker_lost.remote(dead.name), timeout=CALL_TIMEOUT_S)

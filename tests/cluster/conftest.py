@@ -1,4 +1,4 @@
-"""A local Ray for the driver-side tests that run stand-in actors."""
+"""A local Ray for the driver-side tests that run stand-in actors, and a worker pool of them."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ import tempfile
 import pytest
 import ray
 
+from cluster.scaling import RestartBudget
+from cluster.worker_pool import WorkerPool
+
 
 @pytest.fixture(scope="module")
 def local_ray():
@@ -16,3 +19,23 @@ def local_ray():
     yield
     ray.shutdown()
     shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@ray.remote
+class StandInAdmission:
+    def worker_lost(self, name: str) -> int:
+        return 0
+
+
+def stand_in_pool(worker_class, size: int, *behaviours: dict) -> WorkerPool:
+    """A ready pool of `size` `worker_class` actors, each made from the next behaviour (its
+    constructor's keyword arguments) in order; a replacement gets the next unused one."""
+    queue = list(behaviours)
+
+    def start(slot: int, name: str):
+        return worker_class.options(num_cpus=0).remote(**queue.pop(0))
+
+    pool = WorkerPool(start, StandInAdmission.options(num_cpus=0).remote(), False, RestartBudget(3, 600.0))
+    pool.start(size)
+    pool.wait_ready(30)
+    return pool

@@ -17,8 +17,8 @@ from actors.rollout_worker import WorkerStopped
 from cluster.config import RunConfig
 from cluster.errors import RunFailed
 from cluster.evaluation import Evaluations
-from cluster.scaling import RestartBudget
 from cluster.worker_pool import WorkerPool
+from tests.cluster.conftest import stand_in_pool
 
 
 @ray.remote
@@ -43,26 +43,12 @@ class StandInWorker:
                 **{str(t): {"accuracy": self.accuracy - t / 2} for t in temperatures}}
 
 
-@ray.remote
-class StandInAdmission:
-    def worker_lost(self, name: str) -> int:
-        return 0
-
-
 pytestmark = pytest.mark.usefixtures("local_ray")
 
 
 def make_pool(*behaviours: dict) -> WorkerPool:
-    """One worker per behaviour, started in order; a replacement gets the next unused behaviour."""
-    queue = list(behaviours)
-
-    def start(slot: int, name: str):
-        return StandInWorker.options(num_cpus=0).remote(**queue.pop(0))
-
-    pool = WorkerPool(start, StandInAdmission.options(num_cpus=0).remote(), False, RestartBudget(3, 600.0))
-    pool.start(1)
-    pool.wait_ready(30)
-    return pool
+    """One worker; a replacement gets the next unused behaviour."""
+    return stand_in_pool(StandInWorker, 1, *behaviours)
 
 
 def healthy(delay_s: float = 0.0, accuracy: float = 0.75, version: int = 7) -> dict:
@@ -90,7 +76,7 @@ def test_starting_an_evaluation_waits_for_the_previous_one_and_returns_it():
     assert evaluations.wait() == {}
 
 
-@pytest.mark.parametrize(("fails", "error"), [("process", "ActorDiedError"), ("engine", "RayTaskError")])
+@pytest.mark.parametrize(("fails", "error"), [("process", "ActorDiedError"), ("engine", "WorkerStopped")])
 def test_a_worker_lost_during_an_evaluation_is_replaced_and_it_runs_on_another(fails, error):
     pool = make_pool({"delay_s": 0.0, "accuracy": 0.0, "version": 0, "fails": fails}, healthy(version=9))
     evaluations = Evaluations(RunConfig(), pool, timeout_s=60)
