@@ -25,6 +25,7 @@ _NOT_INITIALISED = "is not initialised"
 # (hiredis) packer copies every payload into one command buffer first.
 _PAYLOAD_PACKER = PythonRespSerializer(6_000, Encoder("utf-8", "strict", False).encode)
 _STAGE_TTL_MS = 60_000  # a staged insert payload whose script never ran (client died mid-pipeline) expires
+_MAX_INSERT_BATCH = 256  # groups per insert script: Lua's unpack() takes some 8000 values, the tree reads up to 12 a group
 
 
 @dataclass(frozen=True)
@@ -134,26 +135,20 @@ class ShardConnection:
     def available(self) -> bool:
         return not self.is_down or time.monotonic() >= self._down_until
 
-    def call(self, script: str, args: list) -> object:
-        return self.call_many(script, [args])[0]
-
-    def call_many(self, script: str, arg_lists: list[list], staged: list[tuple[str, bytes]] | None = None
-                  ) -> list[object]:
-        """Run `script` once per argument list in one non-transactional pipeline (one round trip;
-        each script stays atomic). Replies come back in the order of `arg_lists`. `staged[i]`, if
-        given, is a (key, value) SET (with a TTL) just before script i."""
+    def call(self, script: str, args: list, staged: list[tuple[str, bytes]] = ()) -> object:
+        """Run `script` with `args` in one non-transactional pipeline (one round trip), after a SET
+        (with a TTL) of each staged (key, value)."""
         if not self.available():
             raise ShardUnavailable(f"{self.label} is down")
         try:
             conn = self._connection()
-            results = self._run_pipeline(conn, script, arg_lists, staged)
-            failed = [i for i, r in enumerate(results) if isinstance(r, redis.ResponseError)]
-            if failed:
-                self._recover(conn, [results[i] for i in failed])  # such a script did nothing: safe to rerun
-                for i, result in zip(failed, self._run_pipeline(conn, script, [arg_lists[i] for i in failed])):
-                    if isinstance(result, redis.ResponseError):
-                        raise result
-                    results[i] = result
+            result = self._run_pipeline(conn, script, args, staged)
+            if isinstance(result, redis.ResponseError):
+                # such a script did nothing, and the staged keys outlive it: safe to rerun alone
+                self._recover(conn, result)
+                result = self._run_pipeline(conn, script, args)
+                if isinstance(result, redis.ResponseError):
+                    raise result
         except (redis.ConnectionError, redis.TimeoutError) as e:
             self._mark_down(e)
             raise ShardUnavailable(f"{self.label} is down: {e}") from e
@@ -161,36 +156,31 @@ class ShardConnection:
             self._mark_down(e)
             raise
         self._mark_up()
-        return results
+        return result
 
-    def _run_pipeline(self, conn: redis.Redis, script: str, arg_lists: list[list],
-                      staged: list[tuple[str, bytes]] | None = None) -> list[object]:
+    def _run_pipeline(self, conn: redis.Redis, script: str, args: list,
+                      staged: list[tuple[str, bytes]] = ()) -> object:
         # Plain EVALSHA, not Script objects: a pipeline of those asks SCRIPT EXISTS first (a round trip).
-        sha = self._scripts[script].sha
         with conn.pipeline(transaction=False) as pipe:
-            for i, args in enumerate(arg_lists):
-                if staged is not None:
-                    pipe.set(*staged[i], px=_STAGE_TTL_MS)
-                pipe.evalsha(sha, 0, self.namespace, *args)
+            for key, value in staged:
+                pipe.set(key, value, px=_STAGE_TTL_MS)
+            pipe.evalsha(self._scripts[script].sha, 0, self.namespace, *args)
             results = pipe.execute(raise_on_error=False)
-        if staged is None:
-            return results
-        for set_reply in results[::2]:
+        for set_reply in results[:-1]:
             if isinstance(set_reply, redis.ResponseError):
-                raise set_reply  # e.g. out of memory: no script ran on a missing payload
-        return results[1::2]
+                raise set_reply  # e.g. out of memory: the script was not run on a missing payload
+        return results[-1]
 
-    def _recover(self, conn: redis.Redis, errors: list[redis.ResponseError]) -> None:
+    def _recover(self, conn: redis.Redis, error: redis.ResponseError) -> None:
         """A restarted shard lost its scripts (NOSCRIPT): load them again. One that lost its table
         (restarted without its data) cannot serve until the run creates the table again."""
-        for error in errors:
-            if not isinstance(error, redis.exceptions.NoScriptError) and _NOT_INITIALISED not in str(error):
-                raise error
-        if any(isinstance(error, redis.exceptions.NoScriptError) for error in errors):
+        if isinstance(error, redis.exceptions.NoScriptError):
             for registered in self._scripts.values():
                 conn.script_load(registered.script)
-        if any(_NOT_INITIALISED in str(error) for error in errors):
+        elif _NOT_INITIALISED in str(error):
             self._read_table()
+        else:
+            raise error
 
     def _mark_down(self, error: Exception) -> None:
         with self._lock:
@@ -208,12 +198,17 @@ class ShardConnection:
                     log.warning("%s is back: reconnected", self.label)
 
     def insert_many(self, inserts: list[tuple[str, bytes, float, int, int]]) -> list[InsertReply]:
-        """(group id, payload, priority, oldest and newest policy version) each, in one pipeline."""
-        stages = [f"{self.namespace}:stage:{group_id}:{os.urandom(8).hex()}" for group_id, *_ in inserts]
-        replies = self.call_many("insert", [[group_id, stage, repr(float(priority)), oldest, newest]
-                                            for stage, (group_id, _, priority, oldest, newest) in zip(stages, inserts)],
-                                 staged=[(stage, payload) for stage, (_, payload, *_) in zip(stages, inserts)])
-        return [_insert_reply(reply) for reply in replies]
+        """(group id, payload, priority, oldest and newest policy version) each: one pipeline and one
+        script per _MAX_INSERT_BATCH groups."""
+        replies = []
+        for start in range(0, len(inserts), _MAX_INSERT_BATCH):
+            batch = inserts[start:start + _MAX_INSERT_BATCH]
+            stages = [f"{self.namespace}:stage:{group_id}:{os.urandom(8).hex()}" for group_id, *_ in batch]
+            args = [value for stage, (group_id, _, priority, oldest, newest) in zip(stages, batch)
+                    for value in (group_id, stage, repr(float(priority)), oldest, newest)]
+            reply = self.call("insert", args, staged=[(stage, payload) for stage, (_, payload, *_) in zip(stages, batch)])
+            replies.extend(_insert_reply(one) for one in reply)
+        return replies
 
     def sample(self, count: int, learner_version: int, uniforms: list[float]) -> SampleReply:
         reply = self.call("sample", [count, learner_version, *map(repr, uniforms)])

@@ -8,7 +8,7 @@ local K_TREE = ns .. ':tree'      -- sum tree: heap index -> sum of leaf values 
 local K_SLOTS = ns .. ':slots'    -- leaf slot -> group id
 local K_FREE = ns .. ':free'      -- released leaf slots
 local K_FIFO = ns .. ':fifo'      -- group id by insertion sequence
-local K_BYPRIO = ns .. ':byprio'  -- group id by priority (lowest_priority remover)
+local K_BYPRIO = ns .. ':byprio'  -- group id by priority (kept for the lowest_priority remover only)
 local K_BYVER = ns .. ':byver'    -- group id by oldest policy version (staleness counts a group's oldest token)
 local K_QUARANTINE = ns .. ':quarantine'
 local K_LEDGER = ns .. ':ledger'  -- acked, left_<reason>, trained_groups, trained_uses
@@ -30,6 +30,7 @@ local function load_config()
   end
   cfg = {
     base = tonumber(v[1]), capacity = tonumber(v[2]), selector = v[3], alpha = tonumber(v[4]),
+    by_priority = (v[5] == 'lowest_priority'),  -- K_BYPRIO is kept only for the remover that reads it
     order_key = (v[5] == 'lowest_priority') and K_BYPRIO or K_FIFO,
     max_times = tonumber(v[6]), max_staleness = tonumber(v[7]), spi = tonumber(v[8]),
     min_size = tonumber(v[9]), min_diff = tonumber(v[10]), max_diff = tonumber(v[11]),
@@ -48,25 +49,43 @@ local function tree_total()
   return tonumber(redis.call('HGET', K_TREE, 1)) or 0
 end
 
--- Set a leaf and recompute its ancestors from their children (no drift from deltas):
--- one HMGET of the siblings along the path and one HSET of the path, not two calls per level.
-local function tree_set_leaf(slot, value)
-  local node = cfg.base + slot
-  local siblings = {}
-  while node > 1 do
-    siblings[#siblings + 1] = node + 1 - 2 * (node % 2)  -- node's sibling: node xor 1
-    node = math.floor(node / 2)
+-- Set leaves (slot -> value) and recompute their ancestors from their children (no drift from
+-- deltas): one HMGET of the siblings off the changed paths and one HSET of the paths, whatever
+-- the number of leaves (a Lua call costs about as much as the work it does here).
+local function tree_set_leaves(leaves)
+  local levels, value, on_path = {{}}, {}, {}
+  for slot, leaf in pairs(leaves) do
+    local node = cfg.base + slot
+    levels[1][#levels[1] + 1], value[node], on_path[node] = node, leaf, true
   end
-  local sums = (#siblings > 0) and redis.call('HMGET', K_TREE, unpack(siblings)) or {}
-  node = cfg.base + slot
-  local path = {node, fmt(value)}
-  for level = 1, #siblings do
-    value = value + (tonumber(sums[level]) or 0)
-    node = math.floor(node / 2)
-    path[#path + 1] = node
-    path[#path + 1] = fmt(value)
+  if #levels[1] == 0 then return end
+  while levels[#levels][1] > 1 do  -- the tree is complete: every leaf is at the same depth
+    local parents = {}
+    for _, node in ipairs(levels[#levels]) do
+      local parent = math.floor(node / 2)
+      if not on_path[parent] then parents[#parents + 1], on_path[parent] = parent, true end
+    end
+    levels[#levels + 1] = parents
   end
-  redis.call('HSET', K_TREE, unpack(path))
+  local reads = {}
+  for level = 1, #levels - 1 do
+    for _, node in ipairs(levels[level]) do
+      local sibling = node + 1 - 2 * (node % 2)  -- node xor 1
+      if not on_path[sibling] then reads[#reads + 1] = sibling end
+    end
+  end
+  if #reads > 0 then
+    local sums = redis.call('HMGET', K_TREE, unpack(reads))
+    for i, node in ipairs(reads) do value[node] = tonumber(sums[i]) or 0 end
+  end
+  local writes = {}
+  for level = 1, #levels do
+    for _, node in ipairs(levels[level]) do
+      if level > 1 then value[node] = value[2 * node] + value[2 * node + 1] end
+      writes[#writes + 1], writes[#writes + 2] = node, fmt(value[node])
+    end
+  end
+  redis.call('HSET', K_TREE, unpack(writes))
 end
 
 -- For each u in us (each in [0, total)): the leaf slot whose cumulative range holds it, and its
@@ -105,16 +124,17 @@ local function ledger_left(gid, reason)
   redis.call('HSET', k_ledger(gid), 'out', reason)
 end
 
-local function remove_item(gid, reason)
+-- Removes a stored group; its leaf is set to 0 in `leaves`, for the caller's tree_set_leaves.
+local function remove_item(gid, reason, leaves)
   local meta = k_meta(gid)
   local slot = redis.call('HGET', meta, 'slot')
   if not slot then return false end
-  tree_set_leaf(tonumber(slot), 0)
+  leaves[tonumber(slot)] = 0
   redis.call('HDEL', K_SLOTS, slot)
   redis.call('RPUSH', K_FREE, slot)
   redis.call('DEL', meta, k_payload(gid))
   redis.call('ZREM', K_FIFO, gid)
-  redis.call('ZREM', K_BYPRIO, gid)
+  if cfg.by_priority then redis.call('ZREM', K_BYPRIO, gid) end
   redis.call('ZREM', K_BYVER, gid)
   redis.call('HINCRBY', K_STATS, 'deletes', 1)
   redis.call('HINCRBY', K_STATS, 'evicted_' .. reason, 1)
@@ -126,7 +146,9 @@ end
 local function evict_stale(learner_version)
   local cutoff = learner_version - cfg.max_staleness
   local victims = redis.call('ZRANGEBYSCORE', K_BYVER, '-inf', '(' .. cutoff)
-  for _, gid in ipairs(victims) do remove_item(gid, 'stale') end
+  local leaves = {}
+  for _, gid in ipairs(victims) do remove_item(gid, 'stale', leaves) end
+  tree_set_leaves(leaves)
   return #victims
 end
 

@@ -6,6 +6,8 @@ local gid = ARGV[2]
 redis.call('SET', ns .. ':q:' .. gid, ARGV[3], 'EX', ARGV[4])
 redis.call('LPUSH', K_QUARANTINE, gid)
 redis.call('LTRIM', K_QUARANTINE, 0, 999)
-remove_item(gid, 'quarantined')
+local leaves = {}
+remove_item(gid, 'quarantined', leaves)
+tree_set_leaves(leaves)
 redis.call('HINCRBY', K_STATS, 'quarantined', 1)
 return 1

@@ -4,6 +4,7 @@ import pickle
 from collections import Counter
 
 import numpy as np
+import redis
 import pytest
 
 from buffer import RateLimiterTimeout
@@ -127,3 +128,38 @@ def test_duplicate_insert_and_pickled_client(shards, namespace, make_client, mak
     assert copy.insert(group) is False
     assert copy.stats().total("size") == 1
     copy.close()
+
+
+@pytest.mark.parametrize("remover", ["fifo", "lowest_priority"])
+def test_the_sum_tree_holds_each_groups_p_alpha_after_batched_inserts_evictions_and_updates(
+        shards, namespace, make_client, make_group, remover):
+    """Every node of a shard's sum tree equals the sum of its children, and the leaves hold p^alpha of
+    the stored groups (0 where a slot is free), after one insert script stores and evicts many
+    groups (freed slots reused within the batch) and one trained call updates many leaves."""
+    alpha, capacity = 0.5, 6
+    client = make_client([shards[0].url], namespace, alpha=alpha, initial_priority="producer",
+                         capacity_per_shard=capacity, remover=remover)
+    priorities = {f"g{i}": float(i % 5 + 1) for i in range(11)}
+    assert all(client.insert_many([make_group([0.0, 1.0], group_id=g, priority=p) for g, p in priorities.items()]))
+    stored = _tree_leaves(shards[0].url, namespace)
+    assert len(stored) == capacity
+    if remover == "fifo":
+        assert list(stored) == [f"g{i}" for i in range(5, 11)]
+    priorities.update({g: priorities[g] * 4 for g in list(stored)[:3]})
+    client.report_trained(1, [(g, priorities[g]) for g in list(stored)[:3]])
+    assert _tree_leaves(shards[0].url, namespace) == {g: pytest.approx(priorities[g] ** alpha, rel=1e-12) for g in stored}
+
+
+def _tree_leaves(url: str, namespace: str) -> dict[str, float]:
+    """Group id -> its leaf value, in insertion order, after checking every node of the tree against
+    its children and every free leaf for 0."""
+    with redis.Redis.from_url(url) as conn:
+        base = int(conn.hget(f"{namespace}:config", "base"))
+        tree = {int(k): float(v) for k, v in conn.hgetall(f"{namespace}:tree").items()}
+        slots = {int(k): v.decode() for k, v in conn.hgetall(f"{namespace}:slots").items()}
+        order = [g.decode() for g in conn.zrange(f"{namespace}:fifo", 0, -1)]
+    for node in range(1, base):
+        assert tree.get(node, 0.0) == pytest.approx(tree.get(2 * node, 0.0) + tree.get(2 * node + 1, 0.0), rel=1e-12)
+    assert all(tree.get(base + slot, 0.0) == 0.0 for slot in range(base) if slot not in slots)
+    leaves = {gid: tree[base + slot] for slot, gid in slots.items()}
+    return {gid: leaves[gid] for gid in order}
