@@ -72,6 +72,19 @@ class _SamplePlan:
     excluded: set[int] = dataclasses.field(default_factory=set)  # shards found empty or down
 
 
+class _LazyPayloads:
+    """The encoded payload of groups[i], made on first use and kept for retries on other shards."""
+
+    def __init__(self, groups: list[Group]) -> None:
+        self._groups = groups
+        self._payloads: dict[int, bytes] = {}
+
+    def __getitem__(self, i: int) -> bytes:
+        if i not in self._payloads:
+            self._payloads[i] = encode_group(self._groups[i])
+        return self._payloads[i]
+
+
 class ReplayClient:
     """A client of the run's table: it connects by address and namespace and never writes the table's
     settings (the run does, with `create_table`). With `expect_table` it checks, on first contact
@@ -143,7 +156,7 @@ class ReplayClient:
         Raises ShardUnavailable if some group found every shard down (the others may be stored)."""
         timeout = self.config.insert_timeout_s if timeout is None else timeout
         prepared = [self._prepare(group) for group in groups]
-        payloads = [encode_group(group) for group, _ in prepared]
+        payloads = _LazyPayloads([group for group, _ in prepared])
         routes = [self._route(group.group_id) for group, _ in prepared]
         position = [0] * len(groups)  # index into routes[i] of the shard being tried
         stored: list[bool | None] = [None] * len(groups)
@@ -174,12 +187,13 @@ class ReplayClient:
                 pacing.wait()
 
     def _insert_round(self, shard: ShardConnection, members: list[int], prepared: list[tuple[Group, int | None]],
-                      payloads: list[bytes], position: list[int], stored: list[bool | None]) -> LimiterState | None:
+                      payloads: "_LazyPayloads", position: list[int], stored: list[bool | None]) -> LimiterState | None:
         """One pipeline of `members` into `shard`; fills `stored`, moves groups on if the shard is down.
         Returns the limiter state if the shard blocked some of them."""
         try:
-            replies = shard.insert_many([(prepared[i][0].group_id, payloads[i], prepared[i][0].priority,
-                                          *prepared[i][0].policy_version_range()) for i in members])
+            # a generator: each payload is encoded while the shard stores the ones sent before it
+            replies = shard.insert_many((prepared[i][0].group_id, payloads[i], prepared[i][0].priority,
+                                         *prepared[i][0].policy_version_range()) for i in members)
         except ShardUnavailable:
             for i in members:
                 position[i] += 1

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
@@ -25,7 +27,9 @@ _NOT_INITIALISED = "is not initialised"
 # (hiredis) packer copies every payload into one command buffer first.
 _PAYLOAD_PACKER = PythonRespSerializer(6_000, Encoder("utf-8", "strict", False).encode)
 _STAGE_TTL_MS = 60_000  # a staged insert payload whose script never ran (client died mid-pipeline) expires
-_MAX_INSERT_BATCH = 256  # groups per insert script: Lua's unpack() takes some 8000 values, the tree reads up to 12 a group
+# Groups per insert script: the shard runs a chunk's script while the next chunk's payloads arrive,
+# and a script's fixed costs (limiter, counters, the tree's shared path) are paid once per chunk.
+_INSERT_CHUNK = 4
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,12 @@ def _insert_reply(reply: list) -> InsertReply:
     if status == "blocked":
         return InsertReply(status, limiter=LimiterState(*map(int, reply[1:4])))
     return InsertReply(status)
+
+
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
 
 
 def check_address(url: str, password: str | None) -> None:
@@ -135,20 +145,30 @@ class ShardConnection:
     def available(self) -> bool:
         return not self.is_down or time.monotonic() >= self._down_until
 
-    def call(self, script: str, args: list, staged: list[tuple[str, bytes]] = ()) -> object:
-        """Run `script` with `args` in one non-transactional pipeline (one round trip), after a SET
-        (with a TTL) of each staged (key, value)."""
+    def call(self, script: str, args: list) -> object:
+        return self._guarded(lambda: self._script_reply(script, args, self._exchange([self._evalsha(script, args)])[0]))
+
+    def _evalsha(self, script: str, args: list) -> tuple:
+        # Plain EVALSHA, not Script objects: those ask SCRIPT EXISTS first (a round trip).
+        self._connection()  # the first contact registers the scripts
+        return ("EVALSHA", self._scripts[script].sha, 0, self.namespace, *args)
+
+    def _script_reply(self, script: str, args: list, reply: object) -> object:
+        """A script's reply; after an error a restarted shard explains (its scripts or its table lost),
+        the reply of a rerun (such a script did nothing, and staged payloads outlive it)."""
+        if isinstance(reply, redis.ResponseError):
+            self._recover(reply)
+            reply = self._exchange([self._evalsha(script, args)])[0]
+            if isinstance(reply, redis.ResponseError):
+                raise reply
+        return reply
+
+    def _guarded(self, action: Callable[[], object]) -> object:
+        """`action()`, with this shard marked down when it cannot be reached or has lost its table."""
         if not self.available():
             raise ShardUnavailable(f"{self.label} is down")
         try:
-            conn = self._connection()
-            result = self._run_pipeline(conn, script, args, staged)
-            if isinstance(result, redis.ResponseError):
-                # such a script did nothing, and the staged keys outlive it: safe to rerun alone
-                self._recover(conn, result)
-                result = self._run_pipeline(conn, script, args)
-                if isinstance(result, redis.ResponseError):
-                    raise result
+            result = action()
         except (redis.ConnectionError, redis.TimeoutError) as e:
             self._mark_down(e)
             raise ShardUnavailable(f"{self.label} is down: {e}") from e
@@ -158,25 +178,36 @@ class ShardConnection:
         self._mark_up()
         return result
 
-    def _run_pipeline(self, conn: redis.Redis, script: str, args: list,
-                      staged: list[tuple[str, bytes]] = ()) -> object:
-        # Plain EVALSHA, not Script objects: a pipeline of those asks SCRIPT EXISTS first (a round trip).
-        with conn.pipeline(transaction=False) as pipe:
-            for key, value in staged:
-                pipe.set(key, value, px=_STAGE_TTL_MS)
-            pipe.evalsha(self._scripts[script].sha, 0, self.namespace, *args)
-            results = pipe.execute(raise_on_error=False)
-        for set_reply in results[:-1]:
-            if isinstance(set_reply, redis.ResponseError):
-                raise set_reply  # e.g. out of memory: the script was not run on a missing payload
-        return results[-1]
+    def _exchange(self, commands: Iterable[tuple]) -> list[object]:
+        """Send every command on one connection, then read every reply: a pipeline (one round trip)
+        whose later commands may still be being made while the shard serves the first ones. Error
+        replies are returned in place, not raised."""
+        pool = self._connection().connection_pool
+        connection = pool.get_connection()
+        try:
+            sent = 0
+            for command in commands:
+                connection.send_packed_command(connection.pack_command(*command))
+                sent += 1
+            replies = []
+            for _ in range(sent):
+                try:
+                    replies.append(connection.read_response())
+                except redis.ResponseError as e:
+                    replies.append(e)
+            return replies
+        except BaseException:
+            connection.disconnect()  # replies may be left unread on it
+            raise
+        finally:
+            pool.release(connection)
 
-    def _recover(self, conn: redis.Redis, error: redis.ResponseError) -> None:
+    def _recover(self, error: redis.ResponseError) -> None:
         """A restarted shard lost its scripts (NOSCRIPT): load them again. One that lost its table
         (restarted without its data) cannot serve until the run creates the table again."""
         if isinstance(error, redis.exceptions.NoScriptError):
             for registered in self._scripts.values():
-                conn.script_load(registered.script)
+                self._connection().script_load(registered.script)
         elif _NOT_INITIALISED in str(error):
             self._read_table()
         else:
@@ -197,18 +228,37 @@ class ShardConnection:
                     self.is_down = False
                     log.warning("%s is back: reconnected", self.label)
 
-    def insert_many(self, inserts: list[tuple[str, bytes, float, int, int]]) -> list[InsertReply]:
-        """(group id, payload, priority, oldest and newest policy version) each: one pipeline and one
-        script per _MAX_INSERT_BATCH groups."""
-        replies = []
-        for start in range(0, len(inserts), _MAX_INSERT_BATCH):
-            batch = inserts[start:start + _MAX_INSERT_BATCH]
-            stages = [f"{self.namespace}:stage:{group_id}:{os.urandom(8).hex()}" for group_id, *_ in batch]
-            args = [value for stage, (group_id, _, priority, oldest, newest) in zip(stages, batch)
-                    for value in (group_id, stage, repr(float(priority)), oldest, newest)]
-            reply = self.call("insert", args, staged=[(stage, payload) for stage, (_, payload, *_) in zip(stages, batch)])
-            replies.extend(_insert_reply(one) for one in reply)
-        return replies
+    def insert_many(self, inserts: Iterable[tuple[str, bytes, float, int, int]]) -> list[InsertReply]:
+        """(group id, payload, priority, oldest and newest policy version) each, in one pipeline: each
+        payload SET at a staging key, then one insert script per _INSERT_CHUNK groups. `inserts` is
+        consumed as it is sent: given a generator that encodes the payloads, the shard stores the
+        first groups while later ones are encoded (an error raised by it leaves the groups sent
+        before it stored)."""
+        kinds: list[str] = []
+        scripts: list[list] = []
+
+        def commands():
+            for chunk in _chunks(inserts, _INSERT_CHUNK):
+                args = []
+                for group_id, payload, priority, oldest, newest in chunk:
+                    stage = f"{self.namespace}:stage:{group_id}:{os.urandom(8).hex()}"
+                    kinds.append("set")
+                    yield ("SET", stage, payload, "PX", _STAGE_TTL_MS)
+                    args += [group_id, stage, repr(float(priority)), oldest, newest]
+                kinds.append("script")
+                scripts.append(args)
+                yield self._evalsha("insert", args)
+
+        def exchange() -> list[InsertReply]:
+            results = self._exchange(commands())
+            for result in (r for r, kind in zip(results, kinds) if kind == "set"):
+                if isinstance(result, redis.ResponseError):
+                    raise result  # e.g. out of memory: its script stops at the missing payload
+            script_results = [r for r, kind in zip(results, kinds) if kind == "script"]
+            return [_insert_reply(one) for args, result in zip(scripts, script_results)
+                    for one in self._script_reply("insert", args, result)]
+
+        return self._guarded(exchange)
 
     def sample(self, count: int, learner_version: int, uniforms: list[float]) -> SampleReply:
         reply = self.call("sample", [count, learner_version, *map(repr, uniforms)])

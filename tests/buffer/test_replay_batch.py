@@ -37,6 +37,20 @@ def test_insert_many_follows_input_order_dedups_and_routes_home(shards, namespac
     assert [s.group.group_id for s in client.sample(1, learner_version=0)][0] in expected[0] + expected[1]
 
 
+def test_insert_many_reruns_its_scripts_on_a_shard_that_lost_them(shards, namespace, make_client, make_group,
+                                                                 stored_ids):
+    """A restarted shard has no scripts (NOSCRIPT): each chunk's script is loaded and run again on
+    the payloads staged before it, and all of them are stored, once."""
+    client = make_client([shards[0].url], namespace)
+    client.insert(make_group([0.0, 1.0], group_id="before"))  # first contact: the scripts are loaded
+    with redis.Redis.from_url(shards[0].url) as conn:
+        conn.script_flush()
+    groups = [make_group([0.0, 1.0], group_id=f"n:{i}") for i in range(7)]  # two insert scripts
+    assert client.insert_many(groups) == [True] * 7
+    assert stored_ids(shards[0].url, namespace) == ["before", *(g.group_id for g in groups)]
+    assert _staged_keys(shards[0].url, namespace) == []
+
+
 def test_insert_many_retries_blocked_groups_until_room(shards, namespace, make_client, make_group, stored_ids):
     url = shards[0].url
     client = make_client([url], namespace, rate_limiter=Queue(size=2), selector="fifo")
