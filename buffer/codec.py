@@ -2,8 +2,10 @@
 
 Layout of a payload:
     fixed header  "<4sHIQ": MAGIC, SCHEMA_VERSION, length of the msgpack header, XXH3-64 of the rest
-    msgpack header: the scalar fields of the group and of each trajectory, the (prompt, completion)
-                  lengths of each trajectory and the array table (field, dtype)
+    msgpack header: the scalar fields of the group; the number of trajectories; their scalar fields
+                  as columns (field -> one value per trajectory: one type check per field, not per
+                  field and trajectory); the (prompt, completion) lengths of each trajectory and
+                  the array table (field, dtype)
     array bytes:  raw little-endian arrays, field after field in ARRAY_FIELDS order, each field
                   holding the trajectories one after the other
 
@@ -26,7 +28,8 @@ from buffer.errors import CodecError, SchemaError
 from buffer.schema import Group, Trajectory
 
 MAGIC = b"TDLG"
-SCHEMA_VERSION = 3  # 2: role and per-step rewards on each trajectory; 3: XXH3 checksum instead of CRC32
+SCHEMA_VERSION = 4  # 2: role and per-step rewards on each trajectory; 3: XXH3 checksum instead of CRC32;
+# 4: trajectory scalars as columns
 _FIXED = struct.Struct("<4sHIQ")
 # XXH3 reads about 10x faster than zlib's CRC32 (2 us vs 20 us for a 110 KB group here), and every
 # payload is checksummed once on insert and once on each sample.
@@ -63,24 +66,31 @@ _GROUP_SCALARS: dict[str, frozenset[type]] = {
 }
 
 
-def _trajectory_header(traj: Trajectory) -> dict[str, Any]:
-    header = {name: getattr(traj, name) for name in _TRAJ_SCALARS}
-    header["reward"] = float(traj.reward)
-    header["reward_parts"] = {str(k): float(v) for k, v in traj.reward_parts.items()}
-    header["timings"] = {str(k): float(v) for k, v in traj.timings.items()}
-    header["step_rewards"] = [float(r) for r in traj.step_rewards]
-    header["step_reward_parts"] = [{str(k): float(v) for k, v in parts.items()} for parts in traj.step_reward_parts]
-    return header
+def _float_map(parts: dict) -> dict[str, float]:
+    return {str(k): float(v) for k, v in parts.items()}
+
+
+# trajectory scalar -> how it is written (plain msgpack types: numpy scalars and int-keyed maps are not)
+_WRITE_AS: dict[str, Any] = {
+    "reward": float,
+    "reward_parts": _float_map,
+    "timings": _float_map,
+    "step_rewards": lambda rewards: [float(r) for r in rewards],
+    "step_reward_parts": lambda parts: [_float_map(p) for p in parts],
+}
 
 
 def encode_trajectories(header: dict[str, Any], trajectories: list[Trajectory]) -> bytes:
-    """Frame `header` (scalars) plus the trajectories' arrays into one payload.
+    """Frame `header` (scalars) plus the trajectories' fields into one payload.
 
-    Arrays are columnar: all prompt_ids, then all completion_ids, ... so that decoding costs
-    one frombuffer per field instead of one per field and trajectory.
+    Fields are columnar: each scalar field's values in one list, then all prompt_ids, all
+    completion_ids, ... so that decoding checks and slices once per field, not per field and
+    trajectory.
     """
+    columns = {name: [_WRITE_AS[name](getattr(t, name)) for t in trajectories] if name in _WRITE_AS
+               else [getattr(t, name) for t in trajectories] for name in _TRAJ_SCALARS}
     lengths = [[len(t.prompt_ids), len(t.completion_ids)] for t in trajectories]
-    header = dict(header, trajectories=[_trajectory_header(t) for t in trajectories], lengths=lengths,
+    header = dict(header, count=len(trajectories), columns=columns, lengths=lengths,
                   arrays=[[name, dtype.str] for name, dtype in ARRAY_FIELDS.items()])
     packed = msgpack.packb(header, use_bin_type=True)
     chunks = [packed]
@@ -127,14 +137,14 @@ def _read_header(payload: bytes | bytearray | memoryview) -> tuple[dict[str, Any
         header = msgpack.unpackb(bytes(body[:header_len]), raw=False, strict_map_key=True)
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
         raise CodecError(f"msgpack header unreadable: {e}") from e
-    if not isinstance(header, dict) or not isinstance(header.get("trajectories"), list):
-        raise CodecError("msgpack header is not a map with a 'trajectories' list")
+    if not isinstance(header, dict) or type(header.get("count")) is not int or header["count"] < 0:
+        raise CodecError("msgpack header is not a map with a trajectory 'count'")
     return header, _FIXED.size + header_len
 
 
 def _read_lengths(header: dict[str, Any]) -> tuple[list[int], list[int]]:
     lengths = header.get("lengths")
-    if not isinstance(lengths, list) or len(lengths) != len(header["trajectories"]):
+    if not isinstance(lengths, list) or len(lengths) != header["count"]:
         raise CodecError("'lengths' must list (prompt, completion) lengths for every trajectory")
     for index, pair in enumerate(lengths):
         if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(n, int) and n >= 0 for n in pair)):
@@ -166,6 +176,26 @@ def _read_arrays(header: dict[str, Any], buffer: bytes | bytearray | memoryview,
     return arrays
 
 
+def _read_columns(header: dict[str, Any]) -> dict[str, list]:
+    """Trajectory scalar field -> its value for each trajectory, every type and reward checked."""
+    columns, count = header.get("columns"), header["count"]
+    if not isinstance(columns, dict):
+        raise CodecError("'columns' must map each trajectory field to its values")
+    for name, kinds in _TRAJ_SCALARS.items():
+        column = columns.get(name)
+        if column is None:
+            raise CodecError(f"field {name!r} is missing")
+        if not isinstance(column, list) or len(column) != count:
+            raise CodecError(f"field {name!r} must list one value for each of the {count} trajectories")
+        if not set(map(type, column)) <= kinds:  # a set of types, not isinstance: bool is not a number here
+            index = next(i for i, value in enumerate(column) if type(value) not in kinds)
+            raise CodecError(f"trajectory {index}: field {name!r} has type {type(column[index]).__name__}")
+    for index, reward in enumerate(columns["reward"]):
+        if not math.isfinite(reward):
+            raise CodecError(f"trajectory {index}: reward must be finite, got {reward}")
+    return columns
+
+
 def decode_trajectories(payload: bytes | bytearray | memoryview) -> tuple[dict[str, Any], list[Trajectory]]:
     """Inverse of encode_trajectories: the scalar header and the validated trajectories."""
     header, offset = _read_header(payload)
@@ -173,18 +203,12 @@ def decode_trajectories(payload: bytes | bytearray | memoryview) -> tuple[dict[s
     # each payload costs more than the rest of decoding): arrays from immutable bytes are read-only,
     # so a consumer that writes into one fails loudly instead of corrupting a shared buffer.
     arrays = _read_arrays(header, payload, offset)
-    trajectories = []
-    for index, traj_header in enumerate(header["trajectories"]):
-        where = f"trajectory {index}"
-        if not isinstance(traj_header, dict):
-            raise CodecError(f"{where}: header is not a map")
-        _check_scalars(where, traj_header, _TRAJ_SCALARS)
-        if not math.isfinite(traj_header["reward"]):
-            raise CodecError(f"{where}: reward must be finite, got {traj_header['reward']}")
-        # _read_arrays checked every array's dtype and length: what Trajectory's own checks would redo
-        trajectories.append(Trajectory.checked(**{name: column[index] for name, column in arrays.items()},
-                                               **{name: traj_header[name] for name in _TRAJ_SCALARS}))
-    return header, trajectories
+    columns = _read_columns(header)
+    # every array's dtype and length, every scalar's type and the rewards are checked: what
+    # Trajectory's own checks would redo
+    names = (*ARRAY_FIELDS, *_TRAJ_SCALARS)
+    rows = zip(*(arrays[name] for name in ARRAY_FIELDS), *(columns[name] for name in _TRAJ_SCALARS))
+    return header, [Trajectory.checked(**dict(zip(names, row))) for row in rows]
 
 
 def decode_group(payload: bytes | bytearray | memoryview) -> Group:

@@ -102,16 +102,16 @@ def test_wrong_dtype_and_lengths_are_named(make_group):
 def test_missing_scalar_field_is_named(make_group):
     payload = encode_group(make_group([0.0, 1.0]))
     with pytest.raises(CodecError, match="'reward' is missing"):
-        decode_group(_reframe(payload, lambda h: h["trajectories"][0].pop("reward")))
+        decode_group(_reframe(payload, lambda h: h["columns"].pop("reward")))
 
 
 def test_non_finite_reward_and_bool_scalars_are_named(make_group):
     # decode builds trajectories without Trajectory's own checks: the codec must catch what they would
     payload = encode_group(make_group([0.0, 1.0]))
     with pytest.raises(CodecError, match="trajectory 1: reward must be finite, got nan"):
-        decode_group(_reframe(payload, lambda h: h["trajectories"][1].update(reward=float("nan"))))
-    with pytest.raises(CodecError, match="'num_turns' has type bool"):
-        decode_group(_reframe(payload, lambda h: h["trajectories"][0].update(num_turns=True)))
+        decode_group(_reframe(payload, lambda h: h["columns"]["reward"].__setitem__(1, float("nan"))))
+    with pytest.raises(CodecError, match="trajectory 0: field 'num_turns' has type bool"):
+        decode_group(_reframe(payload, lambda h: h["columns"]["num_turns"].__setitem__(0, True)))
     with pytest.raises(CodecError, match="group: field 'priority' has type str"):
         decode_group(_reframe(payload, lambda h: h.update(priority="high")))
 
