@@ -89,16 +89,29 @@ local function tree_set_leaves(leaves)
 end
 
 -- For each u in us (each in [0, total)): the leaf slot whose cumulative range holds it, and its
--- value. All descents go down together, one HMGET per level (not one per level and draw).
+-- value. All descents go down together, one HMGET per level that reads only the left children: a
+-- right child's sum is its parent's minus the left one's (every value crosses Lua's boundary as a
+-- string, which costs more than the rest of the descent). The leaves are read both, exactly.
 local function tree_find_many(us, total)
   local nodes, values = {}, {}
   for i = 1, #us do nodes[i], values[i] = 1, total end
   while #us > 0 and nodes[1] < cfg.base do  -- the tree is complete: every descent is at the same depth
-    local children = {}
-    for i = 1, #us do children[2 * i - 1], children[2 * i] = 2 * nodes[i], 2 * nodes[i] + 1 end
-    local kids = redis.call('HMGET', K_TREE, unpack(children))
+    local leaves_next = 2 * nodes[1] >= cfg.base
+    local fields = {}
     for i = 1, #us do
-      local left, right = tonumber(kids[2 * i - 1]) or 0, tonumber(kids[2 * i]) or 0
+      fields[#fields + 1] = 2 * nodes[i]
+      if leaves_next then fields[#fields + 1] = 2 * nodes[i] + 1 end
+    end
+    local sums = redis.call('HMGET', K_TREE, unpack(fields))
+    for i = 1, #us do
+      local left, right
+      if leaves_next then
+        left, right = tonumber(sums[2 * i - 1]) or 0, tonumber(sums[2 * i]) or 0
+      else
+        left = tonumber(sums[i]) or 0
+        right = values[i] - left
+        if right <= values[i] * 1e-9 then right = 0 end  -- a rounding residue, not mass: never descend into it
+      end
       if (us[i] < left and left > 0) or right <= 0 then
         nodes[i], values[i] = 2 * nodes[i], left
       else
