@@ -187,7 +187,7 @@ class ReplayClient:
                 pacing.wait()
 
     def _insert_round(self, shard: ShardConnection, members: list[int], prepared: list[tuple[Group, int | None]],
-                      payloads: "_LazyPayloads", position: list[int], stored: list[bool | None]) -> LimiterState | None:
+                      payloads: _LazyPayloads, position: list[int], stored: list[bool | None]) -> LimiterState | None:
         """One pipeline of `members` into `shard`; fills `stored`, moves groups on if the shard is down.
         Returns the limiter state if the shard blocked some of them."""
         try:
