@@ -4,8 +4,10 @@ Starts its own redis-server shards (AOF on, fsync everysec), inserts and samples
 8 trajectories x 1024 tokens through ReplayClient (insert_many of `batch` groups per call, plus
 one-group insert calls for their latency), and, on the same servers and bytes, times
 redis-py pipelined SET and MGET (the ceiling). The *_ratio_interleaved figures alternate ours
-and the ceiling round by round, so that load from other processes hits both alike; the plain
-ratios divide numbers measured a minute apart. `breakdown` times the parts of one insert_many and
+and the ceiling round by round, so that load from other processes hits both alike, first on a
+fresh table (its memory growing with every insert, where the raw SETs overwrite their keys), then
+(*_at_capacity) on the same table filled to capacity, where every insert evicts a group: a
+long run's steady state. The plain ratios divide numbers measured a minute apart. `breakdown` times the parts of one insert_many and
 one sample call (encode, server, decode) beside the raw SET / MGET, and the ratio the server side
 alone allows. Writes bench/results/replay.json and prints it.
 
@@ -25,6 +27,7 @@ import sys
 import tempfile
 import time
 import timeit
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -128,14 +131,15 @@ def _raw_ceiling(url: str, payload: bytes, sizes: Sizes) -> tuple[float, float]:
 def _interleaved_ratios(url: str, template: Group, sizes: Sizes, rounds: int = 8) -> tuple[float, float]:
     """Median (ours / raw) over alternating rounds of insert_many vs pipelined SET and sample vs MGET
     (which goes first alternates too): on a shared machine the load drifts between the separate
-    measurements above, not within a round."""
+    measurements above, not within a round. The table is created on the first call and kept."""
     create_table(_config("bench-interleaved"), [url])
     client = ReplayClient(_config("bench-interleaved"), [url], seed=0)
     conn = redis.Redis.from_url(url)
     payload, keys, calls = encode_group(template), [f"raw:{i}" for i in range(sizes.batch)], sizes.raw_rounds // 4 or 1
     insert_ratios, sample_ratios = [], []
+    call = uuid.uuid4().hex[:8]  # ids new to the table on every call: a repeated id is refused as a duplicate, cheaply
     for r in range(rounds):
-        batches = [[dataclasses.replace(template, group_id=f"ab{r}:{c}:{j}") for j in range(sizes.batch)]
+        batches = [[dataclasses.replace(template, group_id=f"ab{call}:{r}:{c}:{j}") for j in range(sizes.batch)]
                    for c in range(calls)]
         raw, ours = _in_turn(r, lambda: _seconds(lambda: [_pipelined_set(conn, keys, payload) for _ in range(calls)]),
                              lambda: _seconds(lambda: [client.insert_many(batch) for batch in batches]))
@@ -147,6 +151,15 @@ def _interleaved_ratios(url: str, template: Group, sizes: Sizes, rounds: int = 8
     conn.close()
     client.close()
     return float(np.median(insert_ratios)), float(np.median(sample_ratios))
+
+
+def _fill_to_capacity(url: str, template: Group, batch: int) -> None:
+    """Insert into the interleaved bench's table until it holds capacity_per_shard groups."""
+    config = _config("bench-interleaved")
+    client = ReplayClient(config, [url], seed=1)
+    for start in range(0, config.capacity_per_shard, batch):
+        client.insert_many([dataclasses.replace(template, group_id=f"fill:{start}:{j}") for j in range(batch)])
+    client.close()
 
 
 def _breakdown(url: str, template: Group, sizes: Sizes, rounds: int = 8) -> dict:
@@ -239,6 +252,8 @@ def run(sizes: Sizes, shard_counts: list[int], client_counts: list[int]) -> dict
             urls = [s.url for s in shards]
             raw_set, raw_get = _raw_ceiling(urls[0], payload, sizes)
             interleaved_insert, interleaved_sample = _interleaved_ratios(urls[0], make_group("template"), sizes)
+            _fill_to_capacity(urls[0], make_group("template"), sizes.batch)
+            at_capacity_insert, at_capacity_sample = _interleaved_ratios(urls[0], make_group("template"), sizes)
             breakdown = _breakdown(urls[0], make_group("template"), sizes)
             with redis.Redis.from_url(urls[0]) as conn:
                 conn.flushall()
@@ -267,6 +282,8 @@ def run(sizes: Sizes, shard_counts: list[int], client_counts: list[int]) -> dict
         "insert_ratio": round(single["insert_groups_per_s"] / raw_set, 3),
         "sample_ratio": round(single["sample_groups_per_s"] / raw_get, 3),
         "insert_ratio_interleaved": round(interleaved_insert, 3), "sample_ratio_interleaved": round(interleaved_sample, 3),
+        "insert_ratio_interleaved_at_capacity": round(at_capacity_insert, 3),
+        "sample_ratio_interleaved_at_capacity": round(at_capacity_sample, 3),
         "decode_us_per_group": round(_decode_us(payload), 1),
         "breakdown": breakdown,
         "scaling": table,
