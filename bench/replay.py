@@ -11,7 +11,7 @@ long run's steady state. The plain ratios divide numbers measured a minute apart
 one sample call (encode, server, decode) beside the raw SET / MGET, and the ratio the server side
 alone allows. Writes bench/results/replay.json and prints it.
 
-    python -m bench.replay            # full run (about 20 s on 2 cores)
+    python -m bench.replay            # full run (about 30 s on 2 cores)
     python -m bench.replay --quick    # smoke run
 """
 
