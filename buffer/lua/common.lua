@@ -19,6 +19,24 @@ local function k_payload(gid) return ns .. ':p:' .. gid end
 local function k_seen(gid) return ns .. ':seen:' .. gid end
 local function k_ledger(gid) return ns .. ':l:' .. gid end  -- t (times trained), v (versions), out (why it left)
 local function fmt(x) return string.format('%.17g', x) end
+local UNPACK_MAX = 4000  -- Lua 5.1's unpack() takes about 8000 values: longer argument lists go in chunks
+
+-- HMGET of any number of fields (false where a field is missing).
+local function hmget_all(key, fields)
+  local values = {}
+  for first = 1, #fields, UNPACK_MAX do
+    local part = redis.call('HMGET', key, unpack(fields, first, math.min(first + UNPACK_MAX - 1, #fields)))
+    for i = 1, #part do values[#values + 1] = part[i] end
+  end
+  return values
+end
+
+-- HSET of any number of field/value pairs (a flat list).
+local function hset_all(key, pairs)
+  for first = 1, #pairs, UNPACK_MAX do  -- UNPACK_MAX is even: no pair is split
+    redis.call('HSET', key, unpack(pairs, first, math.min(first + UNPACK_MAX - 1, #pairs)))
+  end
+end
 
 local cfg = nil
 local function load_config()
@@ -50,8 +68,9 @@ local function tree_total()
 end
 
 -- Set leaves (slot -> value) and recompute their ancestors from their children (no drift from
--- deltas): one HMGET of the siblings off the changed paths and one HSET of the paths, whatever
--- the number of leaves (a Lua call costs about as much as the work it does here).
+-- deltas): one HMGET of the siblings off the changed paths and one HSET of the paths (in chunks
+-- past a few thousand nodes), whatever the number of leaves (a Lua call costs about as much as the
+-- work it does here).
 local function tree_set_leaves(leaves)
   local levels, value, on_path = {{}}, {}, {}
   for slot, leaf in pairs(leaves) do
@@ -75,7 +94,7 @@ local function tree_set_leaves(leaves)
     end
   end
   if #reads > 0 then
-    local sums = redis.call('HMGET', K_TREE, unpack(reads))
+    local sums = hmget_all(K_TREE, reads)
     for i, node in ipairs(reads) do value[node] = tonumber(sums[i]) or 0 end
   end
   local writes = {}
@@ -85,7 +104,7 @@ local function tree_set_leaves(leaves)
       writes[#writes + 1], writes[#writes + 2] = node, fmt(value[node])
     end
   end
-  redis.call('HSET', K_TREE, unpack(writes))
+  hset_all(K_TREE, writes)
 end
 
 -- For each u in us (each in [0, total)): the leaf slot whose cumulative range holds it, and its
@@ -110,7 +129,9 @@ local function tree_find_many(us, total)
       else
         left = tonumber(sums[i]) or 0
         right = values[i] - left
-        if right <= values[i] * 1e-9 then right = 0 end  -- a rounding residue, not mass: never descend into it
+        -- An empty subtree computes as 0 or a rounding residue (at most a few ulps of the total, summed
+        -- over the levels above): never descend into one. Mass below 1e-12 of the total is never drawn.
+        if right <= total * 1e-12 then right = 0 end
       end
       if (us[i] < left and left > 0) or right <= 0 then
         nodes[i], values[i] = 2 * nodes[i], left

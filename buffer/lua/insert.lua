@@ -2,8 +2,8 @@
 -- The client SETs each payload at its staging key (unique per attempt, with a TTL) in the same
 -- pipeline just before: passing 100 KB through Lua's ARGV costs more than all the rest of this script.
 -- The groups are taken in order, each as if it were inserted alone, in one script: a Lua call to
--- Redis costs about as much as the work it does, so the limiter's counters, the insertion counters
--- and the sum tree are read and written once per batch, not once per group.
+-- Redis costs about as much as the work it does, so the limiter's counters and the sum tree are
+-- read and written once per batch, not once per group.
 -- Stored: the staging key is renamed to the payload key. Not stored: it is deleted.
 -- Returns one reply per group, {status, ...}: ok (evicted count) | dup | skip (zero signal) | stale |
 -- rewound | blocked (limiter state). Every status but dup and blocked acknowledges the group in the ledger.
@@ -22,8 +22,6 @@ end
 
 local learner_version = tonumber(redis.call('HGET', K_STATS, 'learner_version'))
 local st = limiter_state()
-local counters = redis.call('HMGET', K_STATS, 'seq', 'next_slot')
-local seq, next_slot = tonumber(counters[1]) or 0, tonumber(counters[2]) or 0
 local leaves, stored = {}, 0
 
 local function acked_not_stored(gid, stage, counter, reason, reply)
@@ -63,11 +61,11 @@ local function insert_one(gid, stage, priority, oldest, newest)
     remove_item(redis.call('ZRANGE', cfg.order_key, 0, 0)[1], 'capacity', leaves)
     evicted = evicted + 1
   end
+  -- a slot and a sequence number are counted out at once: a script that fails later must not hand them out again
   local slot = redis.call('LPOP', K_FREE)
-  if not slot then
-    slot, next_slot = next_slot, next_slot + 1
-  end
-  seq, st.inserts, stored = seq + 1, st.inserts + 1, stored + 1
+  if not slot then slot = redis.call('HINCRBY', K_STATS, 'next_slot', 1) - 1 end
+  local seq = redis.call('HINCRBY', K_STATS, 'seq', 1)
+  st.inserts, stored = st.inserts + 1, stored + 1
 
   redis.call('RENAME', stage, k_payload(gid))
   redis.call('PERSIST', k_payload(gid))
@@ -87,8 +85,5 @@ for i = 1, count do
   replies[i] = insert_one(field(i, 1), field(i, 2), tonumber(field(i, 3)), tonumber(field(i, 4)), tonumber(field(i, 5)))
 end
 tree_set_leaves(leaves)
-if stored > 0 then
-  redis.call('HSET', K_STATS, 'seq', seq, 'next_slot', next_slot)
-  redis.call('HINCRBY', K_STATS, 'inserts', stored)
-end
+if stored > 0 then redis.call('HINCRBY', K_STATS, 'inserts', stored) end
 return replies

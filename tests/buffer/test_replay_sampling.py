@@ -163,3 +163,18 @@ def _tree_leaves(url: str, namespace: str) -> dict[str, float]:
     assert all(tree.get(base + slot, 0.0) == 0.0 for slot in range(base) if slot not in slots)
     leaves = {gid: tree[base + slot] for slot, gid in slots.items()}
     return {gid: leaves[gid] for gid in order}
+
+
+def test_a_rewind_that_evicts_thousands_of_groups_leaves_an_empty_tree(shards, namespace, make_client, make_group):
+    """One script changes thousands of leaves (Lua's unpack() takes about 8000 values: the tree's
+    reads and writes go in chunks), and the shard samples and stores normally afterwards."""
+    client = make_client([shards[0].url], namespace, capacity_per_shard=5000, max_staleness=100,
+                         initial_priority="producer")
+    client.set_learner_version(7)
+    groups = [make_group([0.0, 1.0], group_id=f"t:{i}", version=7, tokens=2) for i in range(4500)]
+    for start in range(0, len(groups), 500):
+        assert all(client.insert_many(groups[start:start + 500]))
+    assert client.set_learner_version(5, rewind=True) == 4500  # one script: every leaf set to 0
+    assert _tree_leaves(shards[0].url, namespace) == {}
+    assert client.insert(make_group([0.0, 1.0], group_id="after", version=5))
+    assert [s.group.group_id for s in client.sample(3, learner_version=5)] == ["after"] * 3
