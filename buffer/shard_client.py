@@ -279,11 +279,7 @@ class ShardConnection:
         if not group_ids:
             return {}
         ordered = sorted(group_ids)
-        try:
-            values = self._connection().mget([f"{self.namespace}:p:{gid}" for gid in ordered])
-        except (redis.ConnectionError, redis.TimeoutError) as e:
-            self._mark_down(e)
-            raise ShardUnavailable(f"{self.label} is down: {e}") from e
+        values = self._guarded(lambda: self._connection().mget([f"{self.namespace}:p:{gid}" for gid in ordered]))
         return dict(zip(ordered, values))
 
     def mass(self, learner_version: int) -> tuple[int, float]:

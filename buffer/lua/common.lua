@@ -121,7 +121,7 @@ local function tree_find_many(us, total)
       fields[#fields + 1] = 2 * nodes[i]
       if leaves_next then fields[#fields + 1] = 2 * nodes[i] + 1 end
     end
-    local sums = redis.call('HMGET', K_TREE, unpack(fields))
+    local sums = hmget_all(K_TREE, fields)
     for i = 1, #us do
       local left, right
       if leaves_next then

@@ -39,7 +39,7 @@ local function draw_rest(first, total)
   for i = first, allowed do us[#us + 1] = tonumber(ARGV[3 + i]) * total end
   local slots
   slots, leaves = tree_find_many(us, total)
-  return redis.call('HMGET', K_SLOTS, unpack(slots)), leaves
+  return hmget_all(K_SLOTS, slots), leaves
 end
 
 local draws, removed = {}, {}
