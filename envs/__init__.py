@@ -13,7 +13,7 @@ from envs.curriculum import (
     make_curriculum,
     mean_abs_advantage_by_category,
 )
-from envs.errors import EnvError, EpisodeStateError
+from envs.errors import EnvError, EpisodeStateError, InvalidStepResult
 from envs.games import (
     OPPONENTS,
     GameEnv,
@@ -68,6 +68,7 @@ __all__ = [
     "EnvError",
     "EpisodeErrorCounter",
     "EpisodeStateError",
+    "InvalidStepResult",
     "FirstDigitEnv",
     "GameEnv",
     "GameTaskConfig",

@@ -243,6 +243,27 @@ def test_an_env_that_raises_ends_its_episode_as_error_and_is_counted_by_type(cha
     assert errors.snapshot() == {"test_raises/KeyError": 1}
 
 
+@register_env("test_nan_reward")
+class NanReward(Env):
+    def reset(self, task: Task) -> Observation:
+        return Observation(text=task.prompt)
+
+    def step(self, action: Action | str) -> StepResult:
+        return StepResult(observation=None, reward=float("nan"), done=True)
+
+
+def test_an_env_that_answers_a_nan_reward_ends_its_episode_and_the_group_still_trains(char_tokenizer):
+    engine = ScriptedEngine(lambda prompt, i: _encode(char_tokenizer, "68"))
+    errors = EpisodeErrorCounter()
+    [group] = _run(_loop(engine, char_tokenizer, errors),
+                   [(TASK, [SafeEnv(NanReward(), errors)] + [_safe("arithmetic", errors) for _ in range(2)])])
+    assert [e.finish_reason for e in group.episodes] == ["error", "stop", "stop"]
+    assert group.episodes[0].error == "InvalidStepResult: reward is nan: it must be a finite number"
+    assert errors.snapshot() == {"test_nan_reward/InvalidStepResult": 1}
+    kept = [t for e in group.episodes if not e.failed for t in e.trajectories()]  # what the worker inserts
+    assert [t.reward for t in kept] == [1.0, 1.0]
+
+
 def test_weights_swapped_between_steps_are_recorded_per_token(char_tokenizer):
     engine = ScriptedEngine(lambda prompt, i: _encode(char_tokenizer, "68"), steps_to_finish=3)
     errors = EpisodeErrorCounter()

@@ -1,15 +1,19 @@
 import time
 
+import numpy as np
 import pytest
 
 from envs import (
     ENVS,
     Action,
     CompositeReward,
+    Env,
     EpisodeErrorCounter,
     EpisodeStateError,
+    Observation,
     RewardTerm,
     SafeEnv,
+    StepResult,
     Task,
     UnknownNameError,
     make_env,
@@ -82,6 +86,62 @@ def test_exception_in_reset_is_counted():
     assert observation.error is not None and "AttributeError" in observation.error
     assert env.step("1").error.startswith("EpisodeStateError")  # reset never completed
     assert errors.snapshot() == {"arithmetic/AttributeError": 1, "arithmetic/EpisodeStateError": 1}
+
+
+class Answers(Env):
+    """Resets to `first` and answers every step with `result` (what a buggy user env might return)."""
+
+    name = "answers"
+
+    def __init__(self, result: object, first: object = None) -> None:
+        self.result, self.first = result, first
+
+    def reset(self, task: Task) -> Observation:
+        return self.first if self.first is not None else Observation(text=task.prompt)
+
+    def step(self, action):
+        return self.result
+
+
+def _done(reward=1.0, **fields) -> StepResult:
+    return StepResult(observation=None, reward=reward, done=True, **fields)
+
+
+@pytest.mark.parametrize("result, named", [
+    (_done(float("nan")), "reward is nan: it must be a finite number"),
+    (_done(float("-inf")), "reward is -inf"),
+    (_done("1.0"), "reward is '1.0'"),
+    (_done(None), "reward is None"),
+    (_done(reward_parts={"format": "x"}), "reward_parts['format'] is 'x'"),
+    (_done(reward_parts={"format": np.float32("nan")}), "reward_parts['format'] is np.float32(nan)"),
+    (_done(reward_parts={3: 1.0}), "reward_parts has the key 3: names must be strings"),
+    (_done(reward_parts=[1.0]), "reward_parts is a list, not a dict"),
+    (_done(role_rewards={"o": float("inf")}), "role_rewards['o'] is inf"),
+    (_done(metrics={"accuracy": None}), "metrics['accuracy'] is None"),
+    (StepResult(observation="next question", reward=0.0, done=False), "step returned str, not an Observation"),
+    ((1.0, True), "step returned tuple, not a StepResult"),
+])
+def test_a_step_result_the_worker_cannot_train_on_fails_the_episode_naming_the_value(result, named):
+    errors = EpisodeErrorCounter()
+    env = SafeEnv(Answers(result), errors)
+    env.reset(TASK)
+    failed = env.step("68")
+    assert failed.done and failed.reward == 0.0 and failed.observation is None
+    assert failed.error.startswith("InvalidStepResult: ") and named in failed.error
+    assert errors.snapshot() == {"answers/InvalidStepResult": 1}
+
+
+def test_numbers_of_any_real_type_pass():
+    parts = {"a": np.float32(0.5), "b": np.int64(1), "c": True}
+    result = _done(np.float64(0.25), reward_parts=parts, role_rewards={"o": -1}, metrics={"accuracy": 1})
+    assert SafeEnv(Answers(result), EpisodeErrorCounter()).step("68") is result
+
+
+def test_a_reset_that_returns_no_observation_fails_the_episode():
+    errors = EpisodeErrorCounter()
+    observation = SafeEnv(Answers(_done(), first="23+45="), errors).reset(TASK)
+    assert observation.error == "InvalidStepResult: reset returned str, not an Observation"
+    assert errors.snapshot() == {"answers/InvalidStepResult": 1}
 
 
 def test_chain_env_is_multi_turn():
