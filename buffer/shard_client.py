@@ -206,8 +206,12 @@ class ShardConnection:
         """A restarted shard lost its scripts (NOSCRIPT): load them again. One that lost its table
         (restarted without its data) cannot serve until the run creates the table again."""
         if isinstance(error, redis.exceptions.NoScriptError):
-            for registered in self._scripts.values():
-                self._connection().script_load(registered.script)
+            # only those still missing: each chunk of an insert pipeline sent before the restart was
+            # noticed comes back NOSCRIPT, and the first chunk's recovery has loaded them all
+            conn, scripts = self._connection(), list(self._scripts.values())
+            for registered, exists in zip(scripts, conn.script_exists(*(s.sha for s in scripts))):
+                if not exists:
+                    conn.script_load(registered.script)
         elif _NOT_INITIALISED in str(error):
             self._read_table()
         else:
