@@ -5,9 +5,12 @@ Starts its own redis-server shards (AOF on, fsync everysec), inserts and samples
 one-group insert calls for their latency), and, on the same servers and bytes, times
 redis-py pipelined SET and MGET (the ceiling). The *_ratio_interleaved figures alternate ours
 and the ceiling round by round, so that load from other processes hits both alike, first on a
-fresh table (its memory growing with every insert, where the raw SETs overwrite their keys), then
-(*_at_capacity) on the same table filled to capacity, where every insert evicts a group: a
-long run's steady state. The plain ratios divide numbers measured a minute apart. `breakdown` times the parts of one insert_many and
+fresh table (its memory growing with every insert), then (*_at_capacity) on the same table
+filled to capacity, where every insert evicts a group: a long run's steady state. The raw side
+handles the same bytes the same way: its SETs write new keys (as inserts do, not overwriting
+warm ones) and its MGETs read `batch` payloads drawn at random from those the table holds (as
+the sampler's draws do, not the same few keys every time, which stay in the CPU's cache).
+`breakdown` times the parts of one insert_many and
 one sample call (encode, server, decode) beside the raw SET / MGET, and the ratio the server side
 alone allows. Writes bench/results/replay.json and prints it.
 
@@ -46,11 +49,11 @@ class Sizes:
     inserts_per_client: int
     sample_calls_per_client: int
     batch: int  # groups per sample call, per insert_many call and per raw pipeline / MGET
-    raw_rounds: int
+    calls_per_block: int  # calls timed together in each interleaved round (single calls swing 3x here)
 
 
-FULL = Sizes(inserts_per_client=300, sample_calls_per_client=60, batch=16, raw_rounds=40)
-QUICK = Sizes(inserts_per_client=40, sample_calls_per_client=8, batch=8, raw_rounds=5)
+FULL = Sizes(inserts_per_client=300, sample_calls_per_client=60, batch=16, calls_per_block=10)
+QUICK = Sizes(inserts_per_client=40, sample_calls_per_client=8, batch=8, calls_per_block=1)
 
 
 def make_group(group_id: str, seed: int = 0) -> Group:
@@ -110,47 +113,55 @@ def _run_phase(pool, phase: str, namespace: str, urls: list[str], clients: int, 
             "p99_ms": float(np.percentile(latencies, 99) * 1e3)}
 
 
-def _raw_ceiling(url: str, payload: bytes, sizes: Sizes) -> tuple[float, float]:
-    """Pipelined SET and MGET of the same bytes, `batch` keys per round trip."""
-    conn = redis.Redis.from_url(url)
-    keys = [f"raw:{i}" for i in range(sizes.batch)]
-    start = time.perf_counter()
-    for _ in range(sizes.raw_rounds):
-        _pipelined_set(conn, keys, payload)
-    set_rate = sizes.raw_rounds * sizes.batch / (time.perf_counter() - start)
-    start = time.perf_counter()
-    for _ in range(sizes.raw_rounds):
-        values = conn.mget(keys)
-        assert len(values[-1]) == len(payload)
-    get_rate = sizes.raw_rounds * sizes.batch / (time.perf_counter() - start)
-    conn.delete(*keys)
-    conn.close()
-    return set_rate, get_rate
-
-
 def _interleaved_ratios(url: str, template: Group, sizes: Sizes, rounds: int = 8) -> tuple[float, float]:
     """Median (ours / raw) over alternating rounds of insert_many vs pipelined SET and sample vs MGET
-    (which goes first alternates too): on a shared machine the load drifts between the separate
-    measurements above, not within a round. The table is created on the first call and kept."""
-    create_table(_config("bench-interleaved"), [url])
-    client = ReplayClient(_config("bench-interleaved"), [url], seed=0)
+    (which goes first alternates too): on a shared machine the load drifts between separate
+    measurements, not within a round. The table is created on the first call and kept."""
+    config = _config("bench-interleaved")
+    create_table(config, [url])
+    client = ReplayClient(config, [url], seed=0)
     conn = redis.Redis.from_url(url)
-    payload, keys, calls = encode_group(template), [f"raw:{i}" for i in range(sizes.batch)], sizes.raw_rounds // 4 or 1
+    payload, calls, rng = encode_group(template), sizes.calls_per_block, np.random.default_rng(0)
     insert_ratios, sample_ratios = [], []
     call = uuid.uuid4().hex[:8]  # ids new to the table on every call: a repeated id is refused as a duplicate, cheaply
     for r in range(rounds):
         batches = [[dataclasses.replace(template, group_id=f"ab{call}:{r}:{c}:{j}") for j in range(sizes.batch)]
                    for c in range(calls)]
-        raw, ours = _in_turn(r, lambda: _seconds(lambda: [_pipelined_set(conn, keys, payload) for _ in range(calls)]),
+        set_keys = _new_keys(calls, sizes.batch)
+        raw, ours = _in_turn(r, lambda: _seconds(lambda: [_pipelined_set(conn, keys, payload) for keys in set_keys]),
                              lambda: _seconds(lambda: [client.insert_many(batch) for batch in batches]))
         insert_ratios.append(raw / ours)
-        raw, ours = _in_turn(r, lambda: _seconds(lambda: [conn.mget(keys) for _ in range(calls)]),
+        _delete(conn, set_keys)
+        get_keys = _drawn_payload_keys(conn, config.namespace, calls, sizes.batch, rng)
+        raw, ours = _in_turn(r, lambda: _seconds(lambda: [conn.mget(keys) for keys in get_keys]),
                              lambda: _seconds(lambda: [client.sample(sizes.batch, learner_version=0) for _ in range(calls)]))
         sample_ratios.append(raw / ours)
-    conn.delete(*keys)
     conn.close()
     client.close()
     return float(np.median(insert_ratios)), float(np.median(sample_ratios))
+
+
+def _new_keys(calls: int, batch: int) -> list[list[str]]:
+    """`batch` keys no SET has written, for each call: the raw side writes new memory, as inserts do
+    (overwriting the same keys reuses memory the CPU's cache still holds)."""
+    return [[f"raw:{uuid.uuid4().hex}" for _ in range(batch)] for _ in range(calls)]
+
+
+def _drawn_payload_keys(conn: redis.Redis, namespace: str, calls: int, batch: int,
+                        rng: np.random.Generator) -> list[list[str]]:
+    """`batch` payload keys of groups the table holds, drawn uniformly with replacement, for each
+    call: the raw side reads what the sampler reads (the bench's groups all have one priority), not
+    the same few keys every time. Reads the table's key layout (buffer/lua/common.lua)."""
+    stored = [f"{namespace}:p:{gid.decode()}" for gid in conn.zrange(f"{namespace}:fifo", 0, -1)]
+    drawn = [[stored[i] for i in rng.integers(len(stored), size=batch)] for _ in range(calls)] if stored else []
+    distinct = {key for keys in drawn for key in keys}
+    if not distinct or conn.exists(*distinct) != len(distinct):  # a missing key would make the raw side look fast
+        raise RuntimeError(f"table {namespace!r} has no payloads at the keys its index names: has its layout changed?")
+    return drawn
+
+
+def _delete(conn: redis.Redis, key_lists: list[list[str]]) -> None:
+    conn.delete(*(key for keys in key_lists for key in keys))
 
 
 def _fill_to_capacity(url: str, template: Group, batch: int) -> None:
@@ -176,8 +187,7 @@ def _breakdown(url: str, template: Group, sizes: Sizes, rounds: int = 8) -> dict
     client = ReplayClient(config, [url], seed=0)
     shard = ShardConnection(0, url, config.namespace, None, None, config.retry_down_shard_s)
     conn = redis.Redis.from_url(url)
-    payload, keys, calls = encode_group(template), [f"raw:{i}" for i in range(sizes.batch)], sizes.raw_rounds // 4 or 1
-    rng = np.random.default_rng(0)
+    payload, calls, rng = encode_group(template), sizes.calls_per_block, np.random.default_rng(0)
     parts: dict[str, list[float]] = {}
 
     def timed(name: str, action) -> list:
@@ -196,13 +206,16 @@ def _breakdown(url: str, template: Group, sizes: Sizes, rounds: int = 8) -> dict
     for r in range(rounds):
         batches = [[dataclasses.replace(template, group_id=f"bd{r}:{c}:{j}") for j in range(sizes.batch)]
                    for c in range(calls)]
-        _in_turn(r, lambda: timed("raw_set", lambda c: _pipelined_set(conn, keys, payload)),
+        set_keys = _new_keys(calls, sizes.batch)
+        _in_turn(r, lambda: timed("raw_set", lambda c: _pipelined_set(conn, set_keys[c], payload)),
                  lambda: timed("insert_server", lambda c: shard.insert_many(
                      [(f"bs{r}:{c}:{j}", payload, 1.0, 0, 0) for j in range(sizes.batch)])),
                  lambda: timed("insert_many", lambda c: client.insert_many(batches[c])))
         timed("insert_encode", lambda c: [encode_group(g) for g in batches[c]])
-        conn.mget(keys)  # untimed: the first read after the writes is slower, whichever side makes it
-        _in_turn(r, lambda: timed("raw_mget", lambda c: conn.mget(keys)), sample_parts)
+        _delete(conn, set_keys)
+        get_keys = _drawn_payload_keys(conn, config.namespace, calls, sizes.batch, rng)
+        conn.mget(get_keys[0])  # untimed: the first read after the writes is slower, whichever side makes it
+        _in_turn(r, lambda: timed("raw_mget", lambda c: conn.mget(get_keys[c])), sample_parts)
     conn.close()
     shard.close()
     client.close()
@@ -250,7 +263,6 @@ def run(sizes: Sizes, shard_counts: list[int], client_counts: list[int]) -> dict
         shards = start_local_shards(max(shard_counts), data_dir)
         try:
             urls = [s.url for s in shards]
-            raw_set, raw_get = _raw_ceiling(urls[0], payload, sizes)
             interleaved_insert, interleaved_sample = _interleaved_ratios(urls[0], make_group("template"), sizes)
             _fill_to_capacity(urls[0], make_group("template"), sizes.batch)
             at_capacity_insert, at_capacity_sample = _interleaved_ratios(urls[0], make_group("template"), sizes)
@@ -278,9 +290,6 @@ def run(sizes: Sizes, shard_counts: list[int], client_counts: list[int]) -> dict
         "sample_batch": sizes.batch, "cpus": os.cpu_count(), "python": platform.python_version(),
         "insert_groups_per_s": single["insert_groups_per_s"], "sample_groups_per_s": single["sample_groups_per_s"],
         "insert_single_groups_per_s": single["insert_single_groups_per_s"],
-        "raw_set_groups_per_s": round(raw_set, 1), "raw_get_groups_per_s": round(raw_get, 1),
-        "insert_ratio": round(single["insert_groups_per_s"] / raw_set, 3),
-        "sample_ratio": round(single["sample_groups_per_s"] / raw_get, 3),
         "insert_ratio_interleaved": round(interleaved_insert, 3), "sample_ratio_interleaved": round(interleaved_sample, 3),
         "insert_ratio_interleaved_at_capacity": round(at_capacity_insert, 3),
         "sample_ratio_interleaved_at_capacity": round(at_capacity_sample, 3),
