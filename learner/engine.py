@@ -161,18 +161,30 @@ class PolicyEngine:
         # ranks; DeepSpeed averages, hence the world_size factor.
         self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
 
-    def step(self) -> float:
-        """Reduce the accumulated gradients over the ranks, clip, update; returns the norm before clipping."""
+    def step(self) -> tuple[float, bool]:
+        """Reduce the accumulated gradients over the ranks, clip, update. Returns the norm before
+        clipping and whether the update was applied: a non-finite gradient (a finite loss can still
+        overflow in backward) is dropped, on every rank alike, and the weights stay as they were."""
         self._hook_grad_norm = None
         self.engine.step()
         norm = self._hook_grad_norm if self._hook_grad_norm is not None else self.engine.get_global_grad_norm()
-        return float(norm) if norm is not None else float("nan")
+        # DeepSpeed's ZeRO and bf16 optimizers skip an update whose gradient norm is not finite (and
+        # say so here); at stage 0 in fp32 the clipping hook below does.
+        return float(norm) if norm is not None else float("nan"), self.engine.was_step_applied()
 
     def _clip_reduced_gradients(self, optimizer: torch.optim.Optimizer, args, kwargs) -> None:
-        # Runs inside engine.step() after DeepSpeed's all-reduce: the gradients are the global ones.
+        # Runs inside engine.step() after DeepSpeed's all-reduce: the gradients are the global ones,
+        # so every rank sees the same norm and makes the same choice.
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         max_norm = self.grad_clip if self.grad_clip > 0 else math.inf
         self._hook_grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        # `overflow` is what DeepSpeed's engine reads after the optimizer's step to count it as
+        # skipped (no scheduler step either), as its own optimizers set it; without gradients
+        # AdamW leaves every parameter and its state as they were.
+        optimizer.overflow = not math.isfinite(self._hook_grad_norm)
+        if optimizer.overflow:
+            for param in params:
+                param.grad = None
 
     def discard_gradients(self) -> None:
         """Drop what backward() accumulated since the last step(), so that the next update starts

@@ -227,8 +227,8 @@ def train_step(engine: PolicyEngine, batch: TrainBatch, cfg: PolicyLossConfig, m
         return _finished(summed, extra, math.nan), False
     backward_done = time.perf_counter()
     metrics = _finished(summed, extra, math.nan)  # reduced over the ranks before the update, as ever
-    grad_norm = engine.step()
-    return metrics | {"grad_norm": grad_norm} | _timings(started, backward_done), True
+    grad_norm, applied = engine.step()
+    return metrics | {"grad_norm": grad_norm} | _timings(started, backward_done), applied
 
 
 def _timings(started: float, backward_done: float) -> dict[str, float]:

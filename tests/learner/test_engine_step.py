@@ -132,6 +132,23 @@ def test_a_nan_in_a_later_micro_batch_drops_the_gradients_already_accumulated(ti
     _assert_next_step_is_a_first_step(engine, tiny_model, cfg, loss_cfg, with_reference=False)
 
 
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_a_non_finite_gradient_under_a_finite_loss_is_not_applied(tiny_model, single_rank, stage):
+    """A backward can overflow where the loss did not (bf16, a huge logit gradient): the update is
+    skipped and reported as not applied, at every stage, with nothing left for the next step."""
+    cfg = CFG.model_copy(update={"zero_stage": stage})
+    engine = PolicyEngine(tiny_model, cfg, total_steps=10, world_size=1)
+    before = engine.named_weights()
+    param = next(p for name, p in engine.engine.module.named_parameters() if "layers.0.mlp.up_proj" in name)
+    overflow = param.register_hook(lambda grad: grad * float("inf"))
+    metrics, applied = train_step(engine, _batch(-2.9), PolicyLossConfig(), cfg.micro_batch_tokens)
+    overflow.remove()
+    assert not applied and np.isfinite(metrics["loss"]) and not np.isfinite(metrics["grad_norm"])
+    assert all(torch.equal(before[name], weight) for name, weight in engine.named_weights().items())
+    assert engine.lr == cfg.optim.lr  # the schedule did not move either
+    _assert_next_step_is_a_first_step(engine, tiny_model, cfg, PolicyLossConfig(), with_reference=False)
+
+
 def test_stage_0_reports_the_same_gradient_norm_as_zero_2(tiny_model, single_rank):
     """At stage 0 DeepSpeed does not measure the norm; Tidal's pre-step hook does (before clipping)."""
     norms = []
