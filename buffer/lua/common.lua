@@ -145,34 +145,63 @@ local function tree_find_many(us, total)
   return nodes, values
 end
 
+-- What a script changes in the sum tree's leaves and in counters (hash -> field -> increment),
+-- written by commit(): a Lua call to Redis costs about as much as the work it does, so a script
+-- that stores or removes many groups writes each changed tree path and each counter once.
+local function pending()
+  return {leaves = {}, counts = {}}
+end
+
+local function count(changes, key, field)
+  local fields = changes.counts[key]
+  if not fields then
+    fields = {}
+    changes.counts[key] = fields
+  end
+  fields[field] = (fields[field] or 0) + 1
+end
+
+-- Writes `changes` and empties it (a script may commit again after more changes).
+local function commit(changes)
+  tree_set_leaves(changes.leaves)
+  for key, fields in pairs(changes.counts) do
+    for field, n in pairs(fields) do redis.call('HINCRBY', key, field, n) end
+  end
+  changes.leaves, changes.counts = {}, {}
+end
+
 -- The consumption ledger: every acknowledged group is counted once as acked, and once more under
 -- the reason it left (left_<reason>); until then it is buffered. acked = left + buffered.
-local function ledger_acked(gid)
-  redis.call('HINCRBY', K_LEDGER, 'acked', 1)
+local function ledger_acked(gid, changes)
+  count(changes, K_LEDGER, 'acked')
   redis.call('HSET', k_ledger(gid), 't', 0)
   redis.call('EXPIRE', k_ledger(gid), LEDGER_TTL_S)
 end
 
-local function ledger_left(gid, reason)
-  redis.call('HINCRBY', K_LEDGER, 'left_' .. reason, 1)
+local function ledger_left(gid, reason, changes)
+  count(changes, K_LEDGER, 'left_' .. reason)
   redis.call('HSET', k_ledger(gid), 'out', reason)
 end
 
--- Removes a stored group; its leaf is set to 0 in `leaves`, for the caller's tree_set_leaves.
-local function remove_item(gid, reason, leaves)
+-- Removes a stored group (its leaf set to 0 and its counts in `changes`). Returns false for a
+-- group id with no metadata, after dropping it from the indexes: an index entry without a group
+-- must not stay first in line for eviction forever.
+local function remove_item(gid, reason, changes)
   local meta = k_meta(gid)
   local slot = redis.call('HGET', meta, 'slot')
-  if not slot then return false end
-  leaves[tonumber(slot)] = 0
-  redis.call('HDEL', K_SLOTS, slot)
-  redis.call('RPUSH', K_FREE, slot)
+  if slot then
+    changes.leaves[tonumber(slot)] = 0
+    redis.call('HDEL', K_SLOTS, slot)
+    redis.call('RPUSH', K_FREE, slot)  -- at once: a slot lost by a failed script would never come back
+  end
   redis.call('DEL', meta, k_payload(gid))
   redis.call('ZREM', K_FIFO, gid)
   if cfg.by_priority then redis.call('ZREM', K_BYPRIO, gid) end
   redis.call('ZREM', K_BYVER, gid)
-  redis.call('HINCRBY', K_STATS, 'deletes', 1)
-  redis.call('HINCRBY', K_STATS, 'evicted_' .. reason, 1)
-  ledger_left(gid, reason)
+  if not slot then return false end
+  count(changes, K_STATS, 'deletes')
+  count(changes, K_STATS, 'evicted_' .. reason)
+  ledger_left(gid, reason, changes)
   return true
 end
 
@@ -180,9 +209,9 @@ end
 local function evict_stale(learner_version)
   local cutoff = learner_version - cfg.max_staleness
   local victims = redis.call('ZRANGEBYSCORE', K_BYVER, '-inf', '(' .. cutoff)
-  local leaves = {}
-  for _, gid in ipairs(victims) do remove_item(gid, 'stale', leaves) end
-  tree_set_leaves(leaves)
+  local changes = pending()
+  for _, gid in ipairs(victims) do remove_item(gid, 'stale', changes) end
+  commit(changes)
   return #victims
 end
 

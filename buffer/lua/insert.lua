@@ -3,31 +3,31 @@
 -- pipeline just before: passing 100 KB through Lua's ARGV costs more than all the rest of this script.
 -- The groups are taken in order, each as if it were inserted alone, in one script: a Lua call to
 -- Redis costs about as much as the work it does, so the limiter's counters and the sum tree are
--- read and written once per batch, not once per group.
+-- read and written once per batch, not once per group, and so are the counters (`commit`).
 -- Stored: the staging key is renamed to the payload key. Not stored: it is deleted.
 -- Returns one reply per group, {status, ...}: ok (evicted count) | dup | skip (zero signal) | stale |
 -- rewound | blocked (limiter state). Every status but dup and blocked acknowledges the group in the ledger.
 local err = load_config()
 if err then return err end
-local count = (#ARGV - 1) / 5
+local groups = (#ARGV - 1) / 5
 local function field(i, k) return ARGV[1 + 5 * (i - 1) + k] end
 
 local stages = {}
-for i = 1, count do stages[i] = field(i, 2) end
-if redis.call('EXISTS', unpack(stages)) < count then  -- checked before anything is written
+for i = 1, groups do stages[i] = field(i, 2) end
+if redis.call('EXISTS', unpack(stages)) < groups then  -- checked before anything is written
   for _, stage in ipairs(stages) do
     if redis.call('EXISTS', stage) == 0 then return redis.error_reply('staged payload ' .. stage .. ' is missing') end
   end
 end
 
 local learner_version = tonumber(redis.call('HGET', K_STATS, 'learner_version'))
-local st = limiter_state()
-local leaves, stored = {}, 0
+local st = limiter_state()  -- st.size is kept up to date below, not read again per group
+local changes, stored = pending(), 0
 
 local function acked_not_stored(gid, stage, counter, reason, reply)
-  redis.call('HINCRBY', K_STATS, counter, 1)
-  ledger_acked(gid)
-  ledger_left(gid, reason)
+  count(changes, K_STATS, counter)
+  ledger_acked(gid, changes)
+  ledger_left(gid, reason, changes)
   redis.call('SET', k_seen(gid), 1, 'EX', cfg.dedup_ttl)
   redis.call('DEL', stage)
   return reply
@@ -50,22 +50,26 @@ local function insert_one(gid, stage, priority, oldest, newest)
   if learner_version and oldest < learner_version - cfg.max_staleness then
     return acked_not_stored(gid, stage, 'evicted_stale', 'stale', {'stale'})
   end
-  st.size = redis.call('ZCARD', K_FIFO)
   if not (st.size + 1 <= cfg.min_size or (st.inserts + 1) * cfg.spi - st.samples <= cfg.max_diff) then
     redis.call('DEL', stage)
     return limiter_reply('blocked', st)
   end
 
   local evicted = 0
-  while redis.call('ZCARD', K_FIFO) >= cfg.capacity do
-    remove_item(redis.call('ZRANGE', cfg.order_key, 0, 0)[1], 'capacity', leaves)
-    evicted = evicted + 1
+  while st.size >= cfg.capacity do
+    local victim = redis.call('ZRANGE', cfg.order_key, 0, 0)[1]
+    if victim and remove_item(victim, 'capacity', changes) then
+      st.size, evicted = st.size - 1, evicted + 1
+    else  -- an index entry without its group (remove_item dropped it), or no entry: count again
+      st.size = redis.call('ZCARD', K_FIFO)
+      if not victim then break end
+    end
   end
   -- a slot and a sequence number are counted out at once: a script that fails later must not hand them out again
   local slot = redis.call('LPOP', K_FREE)
   if not slot then slot = redis.call('HINCRBY', K_STATS, 'next_slot', 1) - 1 end
   local seq = redis.call('HINCRBY', K_STATS, 'seq', 1)
-  st.inserts, stored = st.inserts + 1, stored + 1
+  st.inserts, st.size, stored = st.inserts + 1, st.size + 1, stored + 1
 
   redis.call('RENAME', stage, k_payload(gid))
   redis.call('PERSIST', k_payload(gid))
@@ -74,16 +78,16 @@ local function insert_one(gid, stage, priority, oldest, newest)
   redis.call('ZADD', K_FIFO, seq, gid)
   if cfg.by_priority then redis.call('ZADD', K_BYPRIO, fmt(priority), gid) end
   redis.call('ZADD', K_BYVER, oldest, gid)
-  leaves[tonumber(slot)] = leaf_value(priority)
+  changes.leaves[tonumber(slot)] = leaf_value(priority)
   redis.call('SET', k_seen(gid), 1, 'EX', cfg.dedup_ttl)
-  ledger_acked(gid)
+  ledger_acked(gid, changes)
   return {'ok', evicted}
 end
 
 local replies = {}
-for i = 1, count do
+for i = 1, groups do
   replies[i] = insert_one(field(i, 1), field(i, 2), tonumber(field(i, 3)), tonumber(field(i, 4)), tonumber(field(i, 5)))
 end
-tree_set_leaves(leaves)
+commit(changes)
 if stored > 0 then redis.call('HINCRBY', K_STATS, 'inserts', stored) end
 return replies

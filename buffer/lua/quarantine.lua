@@ -6,8 +6,8 @@ local gid = ARGV[2]
 redis.call('SET', ns .. ':q:' .. gid, ARGV[3], 'EX', ARGV[4])
 redis.call('LPUSH', K_QUARANTINE, gid)
 redis.call('LTRIM', K_QUARANTINE, 0, 999)
-local leaves = {}
-remove_item(gid, 'quarantined', leaves)
-tree_set_leaves(leaves)
-redis.call('HINCRBY', K_STATS, 'quarantined', 1)
+local changes = pending()
+remove_item(gid, 'quarantined', changes)
+count(changes, K_STATS, 'quarantined')
+commit(changes)
 return 1

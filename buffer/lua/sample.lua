@@ -58,9 +58,9 @@ while i <= allowed do
     if cfg.max_times > 0 and times >= cfg.max_times then
       removed[#removed + 1] = gid
       removed[#removed + 1] = redis.call('GET', k_payload(gid))
-      local leaves = {}
-      remove_item(gid, 'max_times_sampled', leaves)
-      tree_set_leaves(leaves)
+      local changes = pending()
+      remove_item(gid, 'max_times_sampled', changes)
+      commit(changes)
       break  -- the tree changed: the draws after this one descend it again
     end
   end

@@ -5,7 +5,7 @@
 local err = load_config()
 if err then return err end
 local version = ARGV[2]
-local applied, leaves = 0, {}
+local applied, changes = 0, pending()
 for i = 3, #ARGV, 2 do
   local gid, priority = ARGV[i], tonumber(ARGV[i + 1])
   local entry = k_ledger(gid)
@@ -18,9 +18,9 @@ for i = 3, #ARGV, 2 do
   if slot then
     redis.call('HSET', k_meta(gid), 'p', fmt(priority))
     if cfg.by_priority then redis.call('ZADD', K_BYPRIO, fmt(priority), gid) end
-    leaves[tonumber(slot)] = leaf_value(priority)
+    changes.leaves[tonumber(slot)] = leaf_value(priority)
     applied = applied + 1
   end
 end
-tree_set_leaves(leaves)
+commit(changes)
 return applied

@@ -10,12 +10,12 @@ if rewind or not previous or version > previous then
   redis.call('HSET', K_STATS, 'learner_version', version)
 end
 if not rewind then return 0 end
-local evicted, leaves = 0, {}
+local evicted, changes = 0, pending()
 for _, gid in ipairs(redis.call('ZRANGE', K_FIFO, 0, -1)) do
   if tonumber(redis.call('HGET', k_meta(gid), 'vmax')) > version then
-    remove_item(gid, 'rewound', leaves)
+    remove_item(gid, 'rewound', changes)
     evicted = evicted + 1
   end
 end
-tree_set_leaves(leaves)
+commit(changes)
 return evicted

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import redis
 
 from buffer import RateLimiterTimeout
 
@@ -16,6 +17,30 @@ def test_fifo_remover_evicts_the_oldest(shards, namespace, make_client, make_gro
     assert (stats.size, stats.evictions["capacity"], stats.deletes) == (5, 3, 3)
     drawn = {s.group.group_id for s in client.sample(100, learner_version=0)}
     assert drawn <= {g.group_id for g in groups[3:]}
+
+
+def test_a_batch_at_capacity_counts_each_eviction_once(shards, namespace, make_client, make_group, stored_ids):
+    """One insert script stores a batch that evicts as it goes (its counters written once at the end)."""
+    client = make_client([shards[0].url], namespace, capacity_per_shard=3)
+    groups = [make_group([0.0, 1.0]) for _ in range(7)]
+    assert client.insert_many(groups) == [True] * 7
+    assert stored_ids(shards[0].url, namespace) == [g.group_id for g in groups[4:]]
+    stats = client.stats().shards[0]
+    assert (stats.size, stats.inserts, stats.evictions["capacity"], stats.deletes) == (3, 7, 4, 4)
+    assert (stats.ledger["acked"], stats.ledger["left_capacity"]) == (7, 4)
+
+
+def test_an_index_entry_whose_group_is_gone_is_dropped_not_evicted_forever(shards, namespace, make_client,
+                                                                           make_group, stored_ids):
+    """A group whose metadata vanished (a key deleted by hand, a partial restore) must not stay first
+    in line: the eviction loop would find it again and again and never make room."""
+    client = make_client([shards[0].url], namespace, capacity_per_shard=2)
+    first, second, third = (make_group([0.0, 1.0]) for _ in range(3))
+    client.insert_many([first, second])
+    with redis.Redis.from_url(shards[0].url) as conn:
+        conn.delete(f"{namespace}:m:{first.group_id}")
+    assert client.insert(third)
+    assert stored_ids(shards[0].url, namespace) == [second.group_id, third.group_id]
 
 
 def test_lowest_priority_remover(shards, namespace, make_client, make_group, stored_ids):
