@@ -16,14 +16,15 @@ BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
 
 
 def _train(args: argparse.Namespace) -> int:
-    from cluster.config import load_config, parse_overrides
+    from cluster.config import load_config, load_run_config, parse_overrides
 
-    cfg = load_config(args.config, parse_overrides(args.set))  # fails before any service starts
-    if args.resume is not None and not (args.resume / "config.yaml").is_file():
-        raise ConfigError(f"--resume {args.resume}: not a run directory (no config.yaml)")
+    overrides = parse_overrides(args.set)
+    # fails before any service starts
+    cfg = (load_config(args.config, overrides) if args.resume is None
+           else load_run_config(args.resume, args.config, overrides))
     from cluster.driver import train
 
-    train(cfg, resume_dir=args.resume, config_path=args.config)
+    train(cfg, resume_dir=args.resume)
     return 0
 
 
@@ -44,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="run a training job (no config: the built-in demo)")
     train.add_argument("config", nargs="?", type=Path, help="YAML run config")
-    train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue this run from its latest checkpoint")
+    train.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                       help="continue this run from its latest checkpoint, with the config it saved")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a setting, e.g. --set rollout.num_workers=4 --set learner.optim.lr=1e-6")
     train.set_defaults(func=_train)

@@ -179,7 +179,12 @@ def _describe(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "<root>"
-        lines.append(f"  {key}: {item['msg']}")
+        message = item["msg"]
+        if item["type"] == "union_tag_not_found":  # e.g. --set loss.objective.eps_high=0.3 alone
+            discriminator = item["ctx"]["discriminator"].strip("'")
+            message = (f"set {key}.{discriminator} too: which kind it is decides its other settings, and a "
+                       "section given in part does not start from the default one")
+        lines.append(f"  {key}: {message}")
     return "invalid run config:\n" + "\n".join(lines)
 
 
@@ -214,6 +219,36 @@ def _number(value):
         except ValueError:
             return value
     return value
+
+
+def load_run_config(run_dir: Path, path: Path | None, overrides: dict) -> RunConfig:
+    """The config a resumed run goes on with: the one it saved when it started (RUN_DIR/config.yaml,
+    every setting written out, --set ones included), with `overrides` on top (a deliberate change,
+    such as more steps). A config file given as well must come to the same settings: resuming a
+    checkpoint under another model, loss or learning rate by mistake would train on silently."""
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        raise ConfigError(f"--resume {run_dir}: not a run directory (no config.yaml)")
+    saved = load_config(saved_path, overrides)
+    if path is not None:
+        changed = _changed_settings(saved, load_config(path, overrides))
+        if changed:
+            raise ConfigError(f"--resume {run_dir}: {path} differs from the run's own config in "
+                              f"{'; '.join(changed)}. Resume without a config file to go on with the run's "
+                              "settings, and --set KEY=VALUE for a change you mean")
+    return saved
+
+
+def _changed_settings(run: RunConfig, given: RunConfig) -> list[str]:
+    """'key: run's value -> given value' for each setting that differs, keys dotted."""
+    def flat(data: object, prefix: str = "") -> dict[str, object]:
+        if not isinstance(data, dict):
+            return {prefix: data}
+        return {key: value for name, item in data.items() for key, value in flat(item, f"{prefix}{name}.").items()}
+
+    before, after = (flat(c.model_dump(mode="json", exclude={"replay": {"password"}})) for c in (run, given))
+    return [f"{key.rstrip('.')}: {before.get(key)!r} -> {after.get(key)!r}"
+            for key in sorted(before.keys() | after.keys()) if before.get(key) != after.get(key)]
 
 
 def load_config(path: Path | None, overrides: dict | None = None) -> RunConfig:

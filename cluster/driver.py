@@ -421,14 +421,14 @@ def _save_on_the_way_out(run: Run, step: int, resume_hint: str) -> None:
                  f"resume with: {resume_hint}")
 
 
-def train(cfg: RunConfig, resume_dir: Path | None = None, config_path: Path | None = None) -> Path:
+def train(cfg: RunConfig, resume_dir: Path | None = None) -> Path:
     """Run `cfg` to completion, or continue the run in `resume_dir` (same directory, replay and
     version numbering) from its latest checkpoint; returns the run directory."""
     for line in reap_orphans():
         log.warning(line)
     # Resolved: runs/latest is a link, and the run's replay namespace is its directory's own name.
     run_dir = resume_dir.resolve() if resume_dir is not None else make_run_dir(cfg)
-    resume_hint = f"tidal train {config_path or ''} --resume {run_dir}".replace("  ", " ")
+    resume_hint = f"tidal train --resume {run_dir}"  # the run directory holds its whole config
     started = time.time()
     with ExitStack() as stack, Progress(cfg.steps) as progress:
         progress.note(f"run directory: {run_dir}")

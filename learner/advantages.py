@@ -10,6 +10,8 @@ broadcasts each over its trajectory's tokens.
 
 from __future__ import annotations
 
+import inspect
+
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -126,6 +128,11 @@ def make_estimator(name: str, params: Mapping[str, Any] | None = None) -> Advant
     """The estimator `name` with its `params` (only stateful estimators take any)."""
     entry = ADVANTAGES.get(name)
     if isinstance(entry, type):
+        accepted = list(inspect.signature(entry).parameters)
+        unknown = sorted(set(params or {}) - set(accepted))
+        if unknown:  # named here: the constructor's TypeError would escape config validation as a traceback
+            raise ValueError(f"advantage estimator {name!r} has no parameter {', '.join(map(repr, unknown))}; "
+                             f"its parameters: {', '.join(accepted)}")
         return entry(**dict(params or {}))
     if params:
         raise ValueError(f"advantage estimator {name!r} takes no parameters, got {sorted(params)}")

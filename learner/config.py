@@ -30,12 +30,20 @@ class OptimConfig(BaseModel):
     """2e-4 sharpens the demo model; 1e-3 made its greedy accuracy collapse (0.88 -> 0.30)."""
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW's decay rates of the gradient's moving averages, each in [0, 1)."""
     warmup_steps: int = Field(0, ge=0)
     """Linear warm-up from 0 to lr over this many optimizer steps."""
     schedule: Literal["constant", "cosine"] = "constant"
     """After warm-up: keep lr, or decay it with a half cosine to 0 at `total_steps`."""
     grad_clip: float = Field(1.0, ge=0)
     """Global gradient-norm clip; 0 disables it."""
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= beta < 1.0 for beta in betas):  # also false for NaN
+            raise ValueError(f"each of betas must be in [0, 1), got {list(betas)}")
+        return betas
 
 
 class LearnerConfig(BaseModel):
@@ -66,6 +74,13 @@ class LearnerConfig(BaseModel):
     self_imitation_samples: int = Field(16, ge=1)
     """Replayed trajectories per rank and step (used only when `self_imitation` is set)."""
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _a_group_for_every_rank(self) -> "LearnerConfig":
+        if self.groups_per_step < self.num_ranks:
+            raise ValueError(f"groups_per_step ({self.groups_per_step}) < num_ranks ({self.num_ranks}): "
+                             "a rank with no group to train on would have nothing to sample")
+        return self
 
     @model_validator(mode="after")
     def _buildable_estimator(self) -> "LearnerConfig":

@@ -113,3 +113,49 @@ def test_set_overrides_are_typed_and_validated_like_the_file(tmp_path, capsys):
     assert "rollout.num_workerz" in capsys.readouterr().err
     assert main(["train", "--set", "learner.optim.lr=fast"]) == 2
     assert "learner.optim.lr" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("overrides, named", [
+    (["learner.advantage=rae", "learner.advantage_params.alphaa=0.9"],
+     "learner: Value error, advantage estimator 'rae' has no parameter 'alphaa'; its parameters: alpha"),
+    (["learner.optim.betas=[1.5, 0.999]"], "learner.optim.betas: Value error, each of betas must be in [0, 1)"),
+    (["learner.optim.betas=[.nan, 0.9]"], "learner.optim.betas: Value error, each of betas must be in [0, 1)"),
+    (["learner.num_ranks=3", "learner.groups_per_step=2"], "groups_per_step (2) < num_ranks (3)"),
+    (["loss.objective.eps_high=0.3"], "loss.objective: set loss.objective.name too"),
+])
+def test_settings_that_would_fail_inside_the_learner_fail_at_load_naming_the_key(overrides, named):
+    """Each of these was accepted, then failed once Ray and Redis were up (or as a bare traceback)."""
+    from cluster.config import parse_overrides
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, parse_overrides(overrides))
+    assert named in str(caught.value)
+
+
+def _started_run(tmp_path: Path, *assignments: str) -> Path:
+    """A run directory as `tidal train` leaves it: the run's whole config written out."""
+    from cluster.config import parse_overrides
+    from cluster.driver import make_run_dir
+
+    return make_run_dir(load_config(None, parse_overrides([f"run_root={tmp_path}", *assignments])))
+
+
+def test_resume_goes_on_with_the_runs_saved_config_and_set_changes_it(tmp_path):
+    from cluster.config import load_run_config, parse_overrides
+
+    run_dir = _started_run(tmp_path, "steps=7", "learner.optim.lr=1e-6")
+    cfg = load_run_config(run_dir, None, parse_overrides(["steps=9"]))
+    assert (cfg.steps, cfg.learner.optim.lr, cfg.run_root) == (9, 1e-6, tmp_path)  # not the demo's 200 and 2e-4
+    with pytest.raises(ConfigError, match="not a run directory"):
+        load_run_config(tmp_path / "nothing", None, {})
+
+
+def test_resume_refuses_a_config_file_with_other_settings_than_the_run(tmp_path):
+    from cluster.config import load_run_config
+
+    run_dir = _started_run(tmp_path, "steps=7")
+    same = _write(tmp_path, f"run_root: {tmp_path}\nsteps: 7\n")
+    assert load_run_config(run_dir, same, {}).steps == 7
+    other = _write(tmp_path, f"run_root: {tmp_path}\nsteps: 7\nlearner:\n  optim:\n    lr: 0.001\n")
+    with pytest.raises(ConfigError, match=r"differs from the run's own config in learner\.optim\.lr: 0\.0002 -> 0\.001"):
+        load_run_config(run_dir, other, {})
