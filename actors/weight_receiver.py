@@ -6,6 +6,9 @@ bucket, into fresh tensors. Only a version that arrived whole is offered to the 
 (`newer` / `fetch`, like the object-store subscriber), so an engine never serves a mix of two
 versions. When the learner goes away (its rank 0 died, or sends nothing past the group's timeout)
 the half-received version is dropped and the worker registers again for the learner that follows.
+Anything else that ends the thread (no manifest within its bound, the channel actor gone) is
+raised by the next `newer`, on the engine thread: a worker must not go on serving its first
+weights unseen while the staleness bound evicts all it makes.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import time
 import ray
 import torch
 
-from actors.weights import FETCH_TIMEOUT_S
+from actors.weights import FETCH_TIMEOUT_S, WeightFetchError
 from buffer.ports import free_port
 from buffer.weight_transport import HEADER, TensorSpec, broadcast, empty_bucket, pair_group, plan, unpack
 
@@ -32,6 +35,7 @@ class CollectiveReceiver:
         self.head = (0, 0)  # (epoch, version) the engine holds
         self._complete: tuple[tuple[int, int], dict[str, torch.Tensor]] | None = None
         self._lock = threading.Lock()
+        self._failure: BaseException | None = None  # what ended the receiving thread
         self.connections = 0
         self._thread = threading.Thread(target=self._serve, name=f"{name}-weights", daemon=True)
         self._thread.start()
@@ -42,6 +46,9 @@ class CollectiveReceiver:
 
     def newer(self, force: bool = False) -> bool:
         with self._lock:
+            if self._failure is not None:
+                raise WeightFetchError(f"{self.name}: the weight receiver stopped: "
+                                       f"{type(self._failure).__name__}: {self._failure}") from self._failure
             return self._complete is not None and self._complete[0] != self.head
 
     def fetch(self) -> tuple[tuple[int, int], dict[str, torch.Tensor]]:
@@ -52,6 +59,14 @@ class CollectiveReceiver:
         self.head = head
 
     def _serve(self) -> None:
+        try:
+            self._receive_versions()
+        except BaseException as e:  # the thread ends here: say so now, and to the engine thread
+            log.error("%s: the weight receiver stopped: %s: %s", self.name, type(e).__name__, e)
+            with self._lock:
+                self._failure = e
+
+    def _receive_versions(self) -> None:
         specs = self._manifest()
         buckets = plan(specs, self.bucket_bytes)
         while True:
