@@ -66,7 +66,7 @@ class LearnerConfig(BaseModel):
     deepspeed: dict[str, Any] | Path | None = None
     """A DeepSpeed config (dict or JSON file) merged over the one Tidal derives; it wins on conflicts."""
     max_bad_steps: int = Field(3, ge=1)
-    """Consecutive steps with a NaN/inf loss that stop the run (each one is skipped and logged)."""
+    """Consecutive steps with a NaN/inf loss or gradient that stop the run (each one is skipped and logged)."""
     sample_timeout_s: float = Field(120.0, gt=0)
     """How long a step waits for groups before it fails naming the replay's state."""
     self_imitation: SelfImitationConfig | None = None

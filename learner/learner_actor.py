@@ -19,13 +19,16 @@ import logging
 import shutil
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import ray
 import torch
+import torch.distributed as dist
 
 from buffer import Group, ReplayClient, ReplayConfig, SampledGroup, Trajectory
+from buffer.codec import decode_trajectories, encode_trajectories
 from buffer.ports import free_port
 from buffer.weight_transport import WeightSyncConfig
 from envs.curriculum import mean_abs_advantage_by_category
@@ -45,7 +48,7 @@ PUBLISH_TIMEOUT_S = 60.0  # the weight channel is a tiny actor: a minute is far 
 
 
 class NonFiniteLossError(RuntimeError):
-    """Too many consecutive steps had a NaN or infinite loss."""
+    """Too many consecutive steps had a NaN or infinite loss or gradient."""
 
 
 class Learner:
@@ -72,8 +75,12 @@ class Learner:
         self.bad_steps = 0
         si_cfg = cfg.self_imitation
         self.imitation: SelfImitationBuffer[Trajectory] | None = SelfImitationBuffer(si_cfg) if si_cfg else None
-        self.imitation_rng = np.random.default_rng([cfg.seed, rank])
-        self.imitation_generator = torch.Generator().manual_seed(int(self.imitation_rng.integers(2**62)))
+        self.rng = np.random.default_rng([cfg.seed, rank])  # self-imitation's sampling, and the generators' seeds
+        self.imitation_generator = self._seeded_generator()  # Clip-Cov on the replayed tokens
+        self.loss_generator = self._seeded_generator()  # Clip-Cov on the batch's tokens
+
+    def _seeded_generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(int(self.rng.integers(2**62)))
 
     def rendezvous_address(self) -> tuple[str, int]:
         """This node's address and a port free on it: where the process group meets (ask rank 0)."""
@@ -113,14 +120,16 @@ class Learner:
             return metrics | {"time/sample_s": sampled - started}
 
     def train_on(self, samples: list[SampledGroup]) -> dict:
-        """One update on the given groups; a skipped step (non-finite loss) leaves the weights as they were."""
+        """One update on the given groups; a skipped step (non-finite loss or gradient) leaves the weights
+        as they were."""
         started = time.time()
         advantages = [self.advantages(s.group, first_use=s.times_sampled == 1) for s in samples]
         # Prioritized sampling is corrected by the importance weight, applied to the advantage.
         batch = build_batch(samples, [a * s.weight for a, s in zip(advantages, samples)], self.pad_id)
         batch_metrics = self._batch_metrics(samples, batch, advantages)
         replay = self._self_imitation_replay()
-        metrics, applied = train_step(self.engine, batch, self.loss_cfg, self.cfg.micro_batch_tokens, replay=replay)
+        metrics, applied = train_step(self.engine, batch, self.loss_cfg, self.cfg.micro_batch_tokens,
+                                      generator=self.loss_generator, replay=replay)
         trained = time.time()
         if applied:
             self._remember_good_trajectories(samples)
@@ -137,7 +146,7 @@ class Learner:
         """This step's replayed trajectories, advantages recalibrated (None when self-imitation is off)."""
         if self.imitation is None:
             return None
-        entries = self.imitation.sample(self.cfg.self_imitation_samples, self.version, self.imitation_rng)
+        entries = self.imitation.sample(self.cfg.self_imitation_samples, self.version, self.rng)
         batch = None
         if entries:
             replayed = Group("self-imitation:replay", "", "", time.time(), [e.trajectory for e in entries])
@@ -169,10 +178,10 @@ class Learner:
 
     def _after_skip(self) -> None:
         self.bad_steps += 1
-        log.warning("step skipped at policy version %d: non-finite loss (%d in a row, limit %d)",
+        log.warning("step skipped at policy version %d: non-finite loss or gradient (%d in a row, limit %d)",
                     self.version, self.bad_steps, self.cfg.max_bad_steps)
         if self.bad_steps >= self.cfg.max_bad_steps:
-            raise NonFiniteLossError(f"{self.bad_steps} consecutive steps had a non-finite loss "
+            raise NonFiniteLossError(f"{self.bad_steps} consecutive steps had a non-finite loss or gradient "
                                      f"(max_bad_steps={self.cfg.max_bad_steps}); stopping")
 
     def _batch_metrics(self, samples: list[SampledGroup], batch: TrainBatch, advantages: list[np.ndarray]) -> dict:
@@ -228,12 +237,14 @@ class Learner:
             return out
 
     def save_checkpoint(self, directory: str, tag: str, driver_state: dict, keep: int) -> None:
-        """DeepSpeed state plus the policy version and `driver_state`, as `directory/tag`; collective:
-        call it on every rank. Rank 0 then deletes all but the newest `keep` checkpoints."""
+        """DeepSpeed state plus the policy version, `driver_state` and each rank's own state, as
+        `directory/tag`; collective: call it on every rank. Rank 0 then deletes all but the newest
+        `keep` checkpoints."""
         with self._lock:
             self._activity = f"saving checkpoint {tag}"
             self.engine.save_checkpoint(Path(directory), tag, {"policy_version": self.version, "driver": driver_state,
-                                                               "advantage": self.advantages.state()})
+                                                               "advantage": self.advantages.state(),
+                                                               "ranks": self._gather_rank_states()})
             if self.rank == 0:
                 tags = sorted((p for p in Path(directory).iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
                 for old in tags[:-keep]:
@@ -247,8 +258,32 @@ class Learner:
             state = self.engine.load_checkpoint(Path(directory))
             self.version = int(state["policy_version"])
             self.advantages.load_state(state.get("advantage", {}))
+            ranks = state.pop("ranks", None) or []  # absent from older checkpoints
+            if self.rank < len(ranks):  # a rank the saved run did not have starts its own streams afresh
+                self._load_rank_state(ranks[self.rank])
             self.bad_steps = 0
             return state
+
+    def _gather_rank_states(self) -> list[dict] | None:
+        """Every rank's `_rank_state()` on rank 0 (None elsewhere): DeepSpeed saves rank 0's client state only."""
+        states = [None] * self.world_size if self.rank == 0 else None
+        dist.gather_object(self._rank_state(), states, dst=0)
+        return states
+
+    def _rank_state(self) -> dict:
+        """What this rank alone holds: its random streams and its self-imitation buffer (plain data)."""
+        state = {"rng": self.rng.bit_generator.state, "loss_generator": self.loss_generator.get_state(),
+                 "imitation_generator": self.imitation_generator.get_state()}
+        if self.imitation is not None:
+            state["self_imitation"] = self.imitation.state(partial(encode_trajectories, {}))
+        return state
+
+    def _load_rank_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self.loss_generator.set_state(state["loss_generator"])
+        self.imitation_generator.set_state(state["imitation_generator"])
+        if self.imitation is not None and "self_imitation" in state:  # the run may have turned it on since
+            self.imitation.load_state(state["self_imitation"], lambda payload: decode_trajectories(payload)[1])
 
     def export_hf(self, directory: str) -> None:
         if self.rank == 0:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -79,6 +79,20 @@ class SelfImitationBuffer(Generic[T]):
         entries = self.refresh(current_version)
         chosen = rng.choice(len(entries), size=min(count, len(entries)), replace=False)
         return [entries[i] for i in sorted(chosen)]
+
+    def state(self, encode: Callable[[list[T]], bytes]) -> dict[str, Any]:
+        """What a checkpoint keeps, as plain data: the entries (their trajectories as `encode` writes
+        them) and the baseline's window."""
+        return {"trajectories": encode([e.trajectory for e in self._entries]),
+                "policy_versions": [e.policy_version for e in self._entries],
+                "advantages": [e.advantage for e in self._entries],
+                "group_means": list(self._group_means)}
+
+    def load_state(self, state: Mapping[str, Any], decode: Callable[[bytes], list[T]]) -> None:
+        """Inverse of `state` (`decode` reads what its `encode` wrote)."""
+        fields = zip(decode(state["trajectories"]), state["policy_versions"], state["advantages"], strict=True)
+        self._entries = deque((ImitationEntry(*entry) for entry in fields), maxlen=self._cfg.capacity)
+        self._group_means = deque(state["group_means"], maxlen=self._cfg.baseline_groups)
 
 
 def imitation_weight(step: int, cfg: SelfImitationConfig) -> float:

@@ -91,6 +91,16 @@ class Rank:
     def one_step(self, model_path: str, loss: str, group_indices: list[int], poisoned: bool = False) -> dict:
         return one_step(model_path, self.world_size, loss, group_indices, poisoned)
 
+    def gathered_rank_states(self, rank: int) -> list[dict] | None:
+        """What a checkpoint keeps of each rank's own state (its random streams), as rank 0 gathers it."""
+        from learner.learner_actor import Learner
+
+        learner = Learner.__new__(Learner)  # only the per-rank state: no engine, replay or channel
+        learner.rank, learner.world_size, learner.imitation = rank, self.world_size, None
+        learner.rng = np.random.default_rng([0, rank])
+        learner.loss_generator, learner.imitation_generator = learner._seeded_generator(), learner._seeded_generator()
+        return learner._gather_rank_states()
+
 
 @pytest.fixture(scope="module")
 def two_ranks(tiny_model):
@@ -105,6 +115,8 @@ def two_ranks(tiny_model):
                    for loss in LOSSES}
         results["poisoned"] = ray.get([rank.one_step.remote(tiny_model, "ppo_clip", [r], True)
                                        for r, rank in enumerate(ranks)], timeout=120)
+        results["gathered"] = ray.get([rank.gathered_rank_states.remote(r) for r, rank in enumerate(ranks)],
+                                      timeout=60)
         yield results
     finally:
         ray.shutdown()
@@ -153,3 +165,15 @@ def test_a_nan_seen_by_one_rank_after_a_backward_skips_the_step_on_both(two_rank
         assert not rank["applied"] and rank["grad"] is None  # the optimizer step never ran
         for name, weight in rank["initial"].items():
             assert torch.equal(rank["weights"][name], weight), name
+
+
+def test_a_checkpoint_gathers_every_ranks_own_state_on_rank_0(two_ranks):
+    """DeepSpeed saves rank 0's client state only: each rank's random streams reach it by a gather."""
+    on_rank0, on_rank1 = two_ranks["gathered"]
+    assert on_rank1 is None and len(on_rank0) == 2
+    streams = [state["rng"]["state"]["state"] for state in on_rank0]
+    assert streams[0] != streams[1]  # each rank's own, not rank 0's twice
+    expected = [np.random.default_rng([0, rank]) for rank in range(2)]
+    for generator in expected:  # as each rank's rng stands after seeding its two generators
+        generator.integers(2**62, size=2)
+    assert streams == [generator.bit_generator.state["state"]["state"] for generator in expected]

@@ -178,7 +178,7 @@ def test_the_learner_stops_after_max_bad_steps_non_finite_losses_in_a_row(tiny_m
     before = learner.engine.named_weights()
     first = learner.train_step()
     assert first["step_applied"] == 0.0 and first["policy_version"] == 0 and np.isnan(first["loss"])
-    assert "non-finite loss (1 in a row, limit 2)" in caplog.text
+    assert "non-finite loss or gradient (1 in a row, limit 2)" in caplog.text
     with pytest.raises(NonFiniteLossError, match="2 consecutive steps"):
         learner.train_step()
     after = learner.engine.named_weights()

@@ -1,6 +1,7 @@
-"""SPEAR self-imitation wired into the Learner (one rank, gloo, real Redis shard, real Ray channel):
-good trajectories enter the buffer after an applied step, the next step replays them with the
-weighted clipped loss, and without self-imitation the step is the plain one."""
+"""The Learner's update with SPEAR self-imitation wired in (one rank, gloo, real Redis shard, real Ray
+channel): good trajectories enter the buffer after an applied step, the next step replays them with
+the weighted clipped loss, without self-imitation the step is the plain one, and a checkpoint keeps
+the buffer and the random streams. Also: Clip-Cov in the main loss, and the stop on non-finite gradients."""
 
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ from learner.advantages import compute_advantages
 from learner.batch import build_batch
 from learner.config import LearnerConfig
 from learner.engine import PolicyEngine
-from learner.learner_actor import Learner
-from learner.loss_config import PolicyLossConfig, SelfImitationConfig
+from learner.learner_actor import Learner, NonFiniteLossError
+from learner.loss_config import ClipCovConfig, PolicyLossConfig, SelfImitationConfig
 from learner.step import train_step
 
 BEHAVIOR = -2.9
@@ -63,9 +64,9 @@ def channel(local_ray):
     return WeightChannel.remote()
 
 
-def _learner(tiny_model, cfg: LearnerConfig, replay, channel) -> Learner:
+def _learner(tiny_model, cfg: LearnerConfig, replay, channel, loss: PolicyLossConfig = LOSS) -> Learner:
     config, urls = replay
-    learner = Learner(0, 1, tiny_model, cfg, LOSS, config, urls, channel=channel, total_steps=10)
+    learner = Learner(0, 1, tiny_model, cfg, loss, config, urls, channel=channel, total_steps=10)
     learner.setup("127.0.0.1", 0)
     return learner
 
@@ -126,3 +127,44 @@ def test_without_self_imitation_the_step_is_the_plain_one(tiny_model, single_ran
                                 PLAIN.micro_batch_tokens)
     assert applied and metrics["loss"] == pytest.approx(plain["loss"], rel=1e-6)
     assert metrics["grad_norm"] == pytest.approx(plain["grad_norm"], rel=1e-6)
+
+
+# A window wide enough that the tiny model's tokens are candidates, so that the random choice is made.
+CLIP_COV = PolicyLossConfig(clip_cov=ClipCovConfig(fraction=0.5, cov_low=-5.0))
+
+
+def test_clip_cov_in_the_main_loss_stops_a_random_share_of_the_tokens(tiny_model, single_rank, replay, channel):
+    metrics = _learner(tiny_model, PLAIN, replay, channel, CLIP_COV).train_on(_samples(0))
+    assert metrics["step_applied"] == 1.0 and metrics["clip_cov_frac"] > 0
+
+
+def _described(entries) -> list[tuple]:
+    return [(e.policy_version, e.advantage, e.trajectory.completion_ids.tolist(), e.trajectory.reward)
+            for e in entries]
+
+
+def test_a_checkpoint_keeps_the_self_imitation_buffer_and_the_random_streams(tiny_model, single_rank, replay,
+                                                                             channel, tmp_path):
+    saved = _learner(tiny_model, SIL, replay, channel, CLIP_COV)
+    for step in range(2):  # fills the buffer, then replays from it: every random stream has moved
+        saved.train_on(_samples(step))
+    saved.save_checkpoint(str(tmp_path), "step2", {}, keep=1)
+    resumed = _learner(tiny_model, SIL, replay, channel, CLIP_COV)
+    resumed.load_checkpoint(str(tmp_path))
+
+    assert resumed.imitation.baseline() == saved.imitation.baseline() == pytest.approx(2 / 3)
+    assert len(saved.imitation) == 8
+    assert _described(resumed.imitation.refresh(2)) == _described(saved.imitation.refresh(2))
+    for generator in ("loss_generator", "imitation_generator"):
+        assert torch.equal(getattr(resumed, generator).get_state(), getattr(saved, generator).get_state())
+    expected = _described(saved.imitation.sample(3, saved.version, saved.rng))
+    assert _described(resumed.imitation.sample(3, resumed.version, resumed.rng)) == expected
+
+
+def test_a_non_finite_gradient_skips_the_step_and_stops_the_learner(tiny_model, single_rank, replay, channel,
+                                                                    caplog):
+    learner = _learner(tiny_model, PLAIN.model_copy(update={"max_bad_steps": 1}), replay, channel)
+    next(learner.engine.engine.module.parameters()).register_hook(lambda grad: grad * float("inf"))
+    with pytest.raises(NonFiniteLossError, match="1 consecutive steps had a non-finite loss or gradient"):
+        learner.train_on(_samples(0))
+    assert "non-finite loss or gradient (1 in a row, limit 1)" in caplog.text
