@@ -243,7 +243,6 @@ class Learner:
         with self._lock:
             self._activity = f"saving checkpoint {tag}"
             self.engine.save_checkpoint(Path(directory), tag, {"policy_version": self.version, "driver": driver_state,
-                                                               "advantage": self.advantages.state(),
                                                                "ranks": self._gather_rank_states()})
             if self.rank == 0:
                 tags = sorted((p for p in Path(directory).iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
@@ -257,10 +256,11 @@ class Learner:
         with self._lock:
             state = self.engine.load_checkpoint(Path(directory))
             self.version = int(state["policy_version"])
-            self.advantages.load_state(state.get("advantage", {}))
-            ranks = state.pop("ranks", None) or []  # absent from older checkpoints
-            if self.rank < len(ranks):  # a rank the saved run did not have starts its own streams afresh
+            ranks = state.pop("ranks", None) or []
+            if self.rank < len(ranks):
                 self._load_rank_state(ranks[self.rank])
+            else:  # a checkpoint from before per-rank state (rank 0's baselines), or a rank the run did not have
+                self.advantages.load_state(state.get("advantage", {}))
             self.bad_steps = 0
             return state
 
@@ -271,14 +271,17 @@ class Learner:
         return states
 
     def _rank_state(self) -> dict:
-        """What this rank alone holds: its random streams and its self-imitation buffer (plain data)."""
-        state = {"rng": self.rng.bit_generator.state, "loss_generator": self.loss_generator.get_state(),
+        """What this rank alone holds: its advantage baselines (RAE's are per rank), its random streams
+        and its self-imitation buffer (plain data)."""
+        state = {"advantage": self.advantages.state(), "rng": self.rng.bit_generator.state,
+                 "loss_generator": self.loss_generator.get_state(),
                  "imitation_generator": self.imitation_generator.get_state()}
         if self.imitation is not None:
             state["self_imitation"] = self.imitation.state(partial(encode_trajectories, {}))
         return state
 
     def _load_rank_state(self, state: dict) -> None:
+        self.advantages.load_state(state["advantage"])
         self.rng.bit_generator.state = state["rng"]
         self.loss_generator.set_state(state["loss_generator"])
         self.imitation_generator.set_state(state["imitation_generator"])

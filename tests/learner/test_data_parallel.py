@@ -93,10 +93,13 @@ class Rank:
 
     def gathered_rank_states(self, rank: int) -> list[dict] | None:
         """What a checkpoint keeps of each rank's own state (its random streams), as rank 0 gathers it."""
+        from learner.advantages import make_estimator
         from learner.learner_actor import Learner
 
         learner = Learner.__new__(Learner)  # only the per-rank state: no engine, replay or channel
         learner.rank, learner.world_size, learner.imitation = rank, self.world_size, None
+        learner.advantages = make_estimator("rae", {})
+        learner.advantages.load_state({"baselines": {f"rank{rank}": float(rank)}})
         learner.rng = np.random.default_rng([0, rank])
         learner.loss_generator, learner.imitation_generator = learner._seeded_generator(), learner._seeded_generator()
         return learner._gather_rank_states()
@@ -171,6 +174,7 @@ def test_a_checkpoint_gathers_every_ranks_own_state_on_rank_0(two_ranks):
     """DeepSpeed saves rank 0's client state only: each rank's random streams reach it by a gather."""
     on_rank0, on_rank1 = two_ranks["gathered"]
     assert on_rank1 is None and len(on_rank0) == 2
+    assert [state["advantage"] for state in on_rank0] == [{"baselines": {"rank0": 0.0}}, {"baselines": {"rank1": 1.0}}]
     streams = [state["rng"]["state"]["state"] for state in on_rank0]
     assert streams[0] != streams[1]  # each rank's own, not rank 0's twice
     expected = [np.random.default_rng([0, rank]) for rank in range(2)]
