@@ -121,10 +121,12 @@ class EpisodeLoop:
     # -- generation ------------------------------------------------------------------------------
     def _request(self, group: GroupRun, indices: list[int], context: list[int]) -> None:
         """Ask for one sample per episode in `indices`, all continuing `context`."""
+        if not context:  # an empty observation, from a tokenizer that adds no BOS: no engine takes it
+            self._finish_all(group, indices, "error", "empty prompt: the observation rendered to no tokens")
+            return
         room = self.budget - len(context)
         if room < 1:  # overlong: the context filled the budget before the episode ended
-            for index in indices:
-                self._finish(group, group.episodes[index], "length")
+            self._finish_all(group, indices, "length")
             return
         request_id = f"{group.key}/{next(self._ids)}"
         self._requests[request_id] = (group, indices)
@@ -135,8 +137,14 @@ class EpisodeLoop:
             self._add(request)
 
     def _add(self, request: tuple[str, list[int], SamplingConfig, int, int]) -> None:
-        self.engine.add(*request)
-        self._in_engine.add(request[0])
+        request_id = request[0]
+        try:
+            self.engine.add(*request)
+        except ValueError as e:  # the engine refused this request: only its episodes fail
+            group, indices = self._requests.pop(request_id)
+            self._finish_all(group, indices, "error", f"{type(e).__name__}: {e}")
+            return
+        self._in_engine.add(request_id)
 
     def _first_turns(self, group: GroupRun) -> None:
         """Episodes whose first contexts are equal share one request of n samples."""
@@ -161,14 +169,22 @@ class EpisodeLoop:
     # -- env answers -----------------------------------------------------------------------------
     def _answered(self, group: GroupRun, index: int, result: Observation | StepResult | Exception) -> None:
         episode = group.episodes[index]
-        if isinstance(result, Exception):
-            self._failed(group, episode, result)
-        elif isinstance(result, Observation):
-            self._reset_done(group, episode, result)
-        elif result.error:
-            self._finish(group, episode, "error", result.error)
-        else:
-            self._stepped(group, index, result)
+        resetting = not episode.roles  # no role has an observation yet: this answers its reset
+        try:
+            if isinstance(result, Exception):
+                self._failed(group, episode, result)
+            elif result.error:
+                self._finish(group, episode, "error", result.error)
+            elif resetting:
+                self._opened(group, episode, result)
+            else:
+                self._stepped(group, index, result)
+        except RenderError as e:  # the template or tokenizer refused an observation
+            self._finish(group, episode, "error", f"RenderError: {e}")
+        if resetting:  # however the reset ended, the group's first turns wait for it no longer
+            group.resets_pending -= 1
+            if group.resets_pending == 0:
+                self._first_turns(group)
 
     def _failed(self, group: GroupRun, episode: Episode, error: Exception) -> None:
         # SafeEnv turns env and reward exceptions into error results; what arrives here is a hung
@@ -177,15 +193,10 @@ class EpisodeLoop:
         reason = "timeout" if isinstance(error, EnvCallTimeout) else "error"
         self._finish(group, episode, reason, f"{type(error).__name__}: {error}")
 
-    def _reset_done(self, group: GroupRun, episode: Episode, observation: Observation) -> None:
-        group.resets_pending -= 1
-        if observation.error:
-            self._finish(group, episode, "error", observation.error)
-        else:
-            episode.roles[observation.role] = RoleContext(observation.role, self._first_tokens(group, observation))
-            episode.acting = observation.role
-        if group.resets_pending == 0:
-            self._first_turns(group)
+    def _opened(self, group: GroupRun, episode: Episode, observation: Observation) -> None:
+        """Its reset answered: the first observation starts the context of the role it is for."""
+        episode.roles[observation.role] = RoleContext(observation.role, self._first_tokens(group, observation))
+        episode.acting = observation.role
 
     def _first_tokens(self, group: GroupRun, observation: Observation) -> list[int]:
         """The G episodes of a group mostly open on the same observation: tokenize it once."""
@@ -206,15 +217,11 @@ class EpisodeLoop:
             return
         observation = result.observation
         role = episode.roles.get(observation.role)
-        try:
-            if role is None:  # a game's other player sees the board for the first time
-                role = episode.roles[observation.role] = RoleContext(observation.role, self.renderer.first(observation))
-                tokens = []
-            else:
-                tokens = self.renderer.next(observation, role.last_token)
-        except RenderError as e:
-            self._finish(group, episode, "error", f"RenderError: {e}")
-            return
+        if role is None:  # a game's other player sees the board for the first time
+            role = episode.roles[observation.role] = RoleContext(observation.role, self.renderer.first(observation))
+            tokens = []
+        else:
+            tokens = self.renderer.next(observation, role.last_token)
         if len(role) + len(tokens) >= self.budget:  # overlong: no room left for another turn
             self._finish(group, episode, "length")
             return
@@ -224,6 +231,10 @@ class EpisodeLoop:
             self._finish(group, episode, "max_turns")
         else:
             self._request(group, [index], role.context())
+
+    def _finish_all(self, group: GroupRun, indices: list[int], reason: str, error: str | None = None) -> None:
+        for index in indices:
+            self._finish(group, group.episodes[index], reason, error)
 
     def _finish(self, group: GroupRun, episode: Episode, reason: str, error: str | None = None) -> None:
         if episode.done:

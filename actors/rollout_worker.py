@@ -168,7 +168,8 @@ class RolloutWorker:
         """Fresh samples of training tasks at the current weights, for checking engine/learner parity."""
         job = _EpisodesJob([(self.tasks.sample(self.rng), self.cfg.sampling) for _ in range(num_tasks)], self.env_cfg)
         episodes, version = self._episodes(job, timeout_s, "probing")
-        contexts = [e.roles[""] for e in episodes]
+        # Failed episodes are skipped (a failed reset leaves no context); a game has one per player.
+        contexts = [c for e in episodes if not e.failed for c in e.roles.values()]
         return [{"token_ids": c.context(), "prompt_len": len(c.prompt_ids), "logprobs": c.logprobs,
                  "loss_mask": c.loss_mask, "policy_version": version} for c in contexts]
 

@@ -12,30 +12,17 @@ import pytest
 from actors.episode import EpisodeLimits
 from actors.episode_loop import EpisodeLoop
 from actors.rendering import PlainRenderer
-from actors.sampling import SamplingConfig
 from buffer.schema import NO_VERSION
 from envs import (Action, Env, EpisodeErrorCounter, Observation, SafeEnv, StepResult, Task, make_env,
                   register_env)
 from tests.actors.conftest import EOS, ScriptedEngine
+from tests.actors.episode_runs import SAMPLING, run_groups
 
 TASK = Task(task_id="add/23+45", category="carries=0", prompt="23+45=", answer="68")
-SAMPLING = SamplingConfig(max_new_tokens=6)
 
 
 def _encode(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def _run(loop: EpisodeLoop, groups: list[tuple[Task, list[Env]]], timeout_s: float = 10.0,
-         inline: bool = False) -> list:
-    done = []
-    for i, (task, envs) in enumerate(groups):
-        loop.start(f"g{i}", task, envs, SAMPLING, done.append, inline=inline)
-    deadline = time.monotonic() + timeout_s
-    while not loop.idle:
-        loop.pump(wait_s=0.01)
-        assert time.monotonic() < deadline, "the loop did not finish its groups"
-    return done
 
 
 def _loop(engine, tokenizer, errors=None, **limits) -> EpisodeLoop:
@@ -50,7 +37,8 @@ def test_single_turn_group_is_one_request_of_n_samples(char_tokenizer):
     answers = ["68", "67", "68", "1"]
     engine = ScriptedEngine(lambda prompt, i: _encode(char_tokenizer, answers[i]))
     errors = EpisodeErrorCounter()
-    [group] = _run(_loop(engine, char_tokenizer, errors), [(TASK, [_safe("arithmetic", errors) for _ in answers])])
+    [group] = run_groups(_loop(engine, char_tokenizer, errors),
+                         [(TASK, [_safe("arithmetic", errors) for _ in answers])])
     assert [(n, prompt) for _, prompt, _, n in engine.requests] == [(4, char_tokenizer("23+45=")["input_ids"])]
     trajectories = [t for e in group.episodes for t in e.trajectories()]
     assert [t.reward for t in trajectories] == [1.0, 0.0, 1.0, 0.0]
@@ -78,8 +66,8 @@ def test_multi_turn_return_is_the_sum_of_step_rewards_and_env_tokens_are_masked(
 
     engine = ScriptedEngine(reply)
     errors = EpisodeErrorCounter()
-    [group] = _run(_loop(engine, char_tokenizer, errors, max_turns=3),
-                   [(TASK, [_safe("chain_arithmetic", errors, turns=3, max_addend=9)])])
+    [group] = run_groups(_loop(engine, char_tokenizer, errors, max_turns=3),
+                         [(TASK, [_safe("chain_arithmetic", errors, turns=3, max_addend=9)])])
     [trajectory] = group.episodes[0].trajectories()
     assert trajectory.step_rewards == pytest.approx([1 / 3, 0.0, 1 / 3])
     assert trajectory.reward == pytest.approx(2 / 3)  # not the last step's reward alone
@@ -103,13 +91,13 @@ def test_turn_limit_and_token_budget(char_tokenizer):
     engine = ScriptedEngine(lambda prompt, i: _encode(char_tokenizer, "68"))
     errors = EpisodeErrorCounter()
     # Two turns allowed, the chain needs three.
-    [group] = _run(_loop(engine, char_tokenizer, errors, max_turns=2),
-                   [(TASK, [_safe("chain_arithmetic", errors, turns=3)])])
+    [group] = run_groups(_loop(engine, char_tokenizer, errors, max_turns=2),
+                         [(TASK, [_safe("chain_arithmetic", errors, turns=3)])])
     assert group.episodes[0].finish_reason == "max_turns" and group.episodes[0].roles[""].num_turns == 2
     # A budget of 12 tokens: prompt 7 + answer 3 leave 2, too few for the next observation ("+c=").
     engine.requests.clear()
-    [group] = _run(_loop(engine, char_tokenizer, errors, max_turns=5, max_tokens=12),
-                   [(TASK, [_safe("chain_arithmetic", errors, turns=3)])])
+    [group] = run_groups(_loop(engine, char_tokenizer, errors, max_turns=5, max_tokens=12),
+                         [(TASK, [_safe("chain_arithmetic", errors, turns=3)])])
     [trajectory] = group.episodes[0].trajectories()
     assert trajectory.finish_reason == "length"
     assert len(trajectory.prompt_ids) + len(trajectory.completion_ids) == 10  # the observation was not appended
@@ -119,7 +107,7 @@ def test_turn_limit_and_token_budget(char_tokenizer):
 def test_a_turn_cut_at_max_new_tokens_is_reported_as_length(char_tokenizer):
     engine = ScriptedEngine(lambda prompt, i: _encode(char_tokenizer, "1234567890"))
     errors = EpisodeErrorCounter()
-    [group] = _run(_loop(engine, char_tokenizer, errors), [(TASK, [_safe("arithmetic", errors)])])
+    [group] = run_groups(_loop(engine, char_tokenizer, errors), [(TASK, [_safe("arithmetic", errors)])])
     [trajectory] = group.episodes[0].trajectories()
     assert trajectory.finish_reason == "length" and len(trajectory.completion_ids) == SAMPLING.max_new_tokens
 
@@ -160,8 +148,9 @@ def test_inline_groups_call_their_envs_on_the_loops_thread(char_tokenizer, inlin
     engine = ScriptedEngine(lambda prompt, i: _encode(char_tokenizer, "68"))
     errors = EpisodeErrorCounter()
     RecordsThreads.threads = []
-    groups = _run(_loop(engine, char_tokenizer, errors),
-                  [(TASK, [SafeEnv(RecordsThreads(), errors) for _ in range(3)]) for _ in range(2)], inline=inline)
+    groups = run_groups(_loop(engine, char_tokenizer, errors),
+                        [(TASK, [SafeEnv(RecordsThreads(), errors) for _ in range(3)]) for _ in range(2)],
+                        inline=inline)
     assert [e.finish_reason for g in groups for e in g.episodes] == ["stop"] * 6
     assert [t.reward for g in groups for e in g.episodes for t in e.trajectories()] == [1.0] * 6
     assert len(RecordsThreads.threads) == 12  # a reset and a step per episode
@@ -182,8 +171,8 @@ def test_a_groups_shared_first_observation_is_tokenized_once(char_tokenizer):
     errors = EpisodeErrorCounter()
     loop = EpisodeLoop(engine, CountingRenderer(char_tokenizer), EpisodeLimits(), errors)
     other = Task(task_id="add/1+2", category="carries=0", prompt="1+2=", answer="3")
-    groups = _run(loop, [(TASK, [_safe("arithmetic", errors) for _ in range(4)]),
-                         (other, [_safe("arithmetic", errors) for _ in range(4)])], inline=True)
+    groups = run_groups(loop, [(TASK, [_safe("arithmetic", errors) for _ in range(4)]),
+                              (other, [_safe("arithmetic", errors) for _ in range(4)])], inline=True)
     assert CountingRenderer.firsts == 2  # one per group, not one per episode
     prompts = [e.roles[""].prompt_ids for g in groups for e in g.episodes]
     assert prompts[0] == char_tokenizer("23+45=")["input_ids"] and prompts[4] == char_tokenizer("1+2=")["input_ids"]
@@ -193,8 +182,8 @@ def test_a_groups_shared_first_observation_is_tokenized_once(char_tokenizer):
 def test_an_inline_env_that_raises_ends_only_its_episode(char_tokenizer):
     engine = ScriptedEngine(lambda prompt, i: _encode(char_tokenizer, "68"))
     errors = EpisodeErrorCounter()
-    [group] = _run(_loop(engine, char_tokenizer, errors), [(TASK, [Raises(), _safe("arithmetic", errors)])],
-                   inline=True)  # not wrapped in SafeEnv: the exception reaches the loop itself
+    [group] = run_groups(_loop(engine, char_tokenizer, errors), [(TASK, [Raises(), _safe("arithmetic", errors)])],
+                         inline=True)  # not wrapped in SafeEnv: the exception reaches the loop itself
     assert [e.finish_reason for e in group.episodes] == ["error", "stop"]
     assert "KeyError: 'tool state lost'" in group.episodes[0].error
     assert errors.snapshot() == {"test_raises/KeyError": 1}
@@ -233,11 +222,72 @@ def test_a_hung_env_ends_only_its_episode_and_does_not_stall_the_others(char_tok
     assert loop.calls.lost_threads == 4
 
 
+@register_env("test_hangs_in_reset")
+class HangsInReset(Env):
+    release = threading.Event()
+
+    def reset(self, task: Task) -> Observation:
+        self.release.wait(30)
+        return Observation(text=task.prompt)
+
+    def step(self, action: Action | str) -> StepResult:
+        return StepResult(None, 1.0, True)
+
+
+def test_a_hung_reset_ends_only_its_episode_and_a_group_whose_resets_all_failed_ends(char_tokenizer):
+    engine = ScriptedEngine(lambda prompt, i: _encode(char_tokenizer, "68"))
+    errors = EpisodeErrorCounter()
+    loop = _loop(engine, char_tokenizer, errors, step_timeout_s=0.3)
+    try:
+        groups = run_groups(loop, [(TASK, [SafeEnv(HangsInReset(), errors), _safe("arithmetic", errors),
+                                           _safe("arithmetic", errors)]),
+                                   (TASK, [SafeEnv(HangsInReset(), errors), SafeEnv(HangsInReset(), errors)])])
+    finally:
+        HangsInReset.release.set()
+    reasons = {g.key: [e.finish_reason for e in g.episodes] for g in groups}
+    assert reasons == {"g0": ["timeout", "stop", "stop"], "g1": ["timeout", "timeout"]}
+    assert [n for _, _, _, n in engine.requests] == [2]  # the others still share their first turn
+    assert errors.snapshot() == {"test_hangs_in_reset/EnvCallTimeout": 3}
+
+
+class NoBosRenderer(PlainRenderer):
+    """As with a tokenizer that adds no BOS (GPT-2's, Qwen's base models')."""
+
+    def first(self, observation: Observation) -> list[int]:
+        return self.next(observation, None)
+
+
+class RefusesNines(ScriptedEngine):
+    """Refuses requests whose prompt has a 9, as vLLM and TransformersEngine refuse requests they cannot take."""
+
+    def __init__(self, tokenizer, reply) -> None:
+        super().__init__(reply)
+        self.nine = _encode(tokenizer, "9")[0]
+
+    def add(self, request_id, prompt_ids, *args) -> None:
+        if self.nine in prompt_ids:
+            raise ValueError("prompt refused")
+        super().add(request_id, prompt_ids, *args)
+
+
+def test_a_request_the_engine_refuses_and_an_empty_prompt_fail_only_their_episodes(char_tokenizer):
+    engine = RefusesNines(char_tokenizer, lambda prompt, i: _encode(char_tokenizer, "68"))
+    errors = EpisodeErrorCounter()
+    loop = EpisodeLoop(engine, NoBosRenderer(char_tokenizer), EpisodeLimits(), errors)
+    refused, empty = Task("add/9+1", "carries=0", "9+1=", "10"), Task("empty", "c", "", "")
+    groups = run_groups(loop, [(task, [_safe("arithmetic", errors), _safe("arithmetic", errors)])
+                               for task in (TASK, refused, empty)])
+    outcomes = {g.key: {(e.finish_reason, e.error) for e in g.episodes} for g in groups}
+    assert outcomes == {"g0": {("stop", None)}, "g1": {("error", "ValueError: prompt refused")},
+                        "g2": {("error", "empty prompt: the observation rendered to no tokens")}}
+    assert loop.engine_drained and not loop._requests  # nothing left of the refused request
+
+
 def test_an_env_that_raises_ends_its_episode_as_error_and_is_counted_by_type(char_tokenizer):
     engine = ScriptedEngine(lambda prompt, i: _encode(char_tokenizer, "7"))
     errors = EpisodeErrorCounter()
-    [group] = _run(_loop(engine, char_tokenizer, errors),
-                   [(TASK, [SafeEnv(Raises(), errors), _safe("arithmetic", errors)])])
+    [group] = run_groups(_loop(engine, char_tokenizer, errors),
+                         [(TASK, [SafeEnv(Raises(), errors), _safe("arithmetic", errors)])])
     assert [e.finish_reason for e in group.episodes] == ["error", "stop"]
     assert "KeyError" in group.episodes[0].error
     assert errors.snapshot() == {"test_raises/KeyError": 1}
@@ -255,8 +305,8 @@ class NanReward(Env):
 def test_an_env_that_answers_a_nan_reward_ends_its_episode_and_the_group_still_trains(char_tokenizer):
     engine = ScriptedEngine(lambda prompt, i: _encode(char_tokenizer, "68"))
     errors = EpisodeErrorCounter()
-    [group] = _run(_loop(engine, char_tokenizer, errors),
-                   [(TASK, [SafeEnv(NanReward(), errors)] + [_safe("arithmetic", errors) for _ in range(2)])])
+    [group] = run_groups(_loop(engine, char_tokenizer, errors),
+                         [(TASK, [SafeEnv(NanReward(), errors)] + [_safe("arithmetic", errors) for _ in range(2)])])
     assert [e.finish_reason for e in group.episodes] == ["error", "stop", "stop"]
     assert group.episodes[0].error == "InvalidStepResult: reward is nan: it must be a finite number"
     assert errors.snapshot() == {"test_nan_reward/InvalidStepResult": 1}
