@@ -153,6 +153,13 @@ class EpisodeLoop:
             if not episode.done:
                 by_context.setdefault(tuple(episode.roles[episode.acting].context()), []).append(index)
         for context, indices in by_context.items():
+            if len(context) >= self.budget:  # not a run of bad luck, as a long episode is: a setting to change
+                for index in indices:  # counted where env errors are, so that status and metrics show it
+                    self.errors.record(group.episodes[index].env.name, "PromptOverBudget")
+                self._finish_all(group, indices, "error", f"the first observation is {len(context)} tokens, which "
+                                 f"leaves no room to generate under the budget of {self.budget} (rollout.limits."
+                                 "max_tokens, rollout.engine.max_model_len)")
+                continue
             self._request(group, indices, list(context))
 
     def _generated(self, finished: Finished) -> None:

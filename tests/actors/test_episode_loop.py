@@ -104,6 +104,18 @@ def test_turn_limit_and_token_budget(char_tokenizer):
     assert [(len(prompt), max_tokens) for _, prompt, max_tokens, _ in engine.requests] == [(7, 5)]
 
 
+def test_a_first_observation_over_the_budget_fails_naming_the_settings(char_tokenizer):
+    """A prompt that fills the budget is a setting to change, not an episode that ran long."""
+    engine = ScriptedEngine(lambda prompt, i: _encode(char_tokenizer, "68"))
+    errors = EpisodeErrorCounter()
+    [group] = run_groups(_loop(engine, char_tokenizer, errors, max_tokens=7),  # the prompt "23+45=" is 7 tokens
+                         [(TASK, [_safe("arithmetic", errors) for _ in range(2)])])
+    assert [e.finish_reason for e in group.episodes] == ["error", "error"] and engine.requests == []
+    assert errors.snapshot() == {"arithmetic/PromptOverBudget": 2}
+    assert group.episodes[0].error == ("the first observation is 7 tokens, which leaves no room to generate under "
+                                       "the budget of 7 (rollout.limits.max_tokens, rollout.engine.max_model_len)")
+
+
 def test_a_turn_cut_at_max_new_tokens_is_reported_as_length(char_tokenizer):
     engine = ScriptedEngine(lambda prompt, i: _encode(char_tokenizer, "1234567890"))
     errors = EpisodeErrorCounter()
