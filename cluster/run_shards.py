@@ -15,7 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from buffer import LocalShard, ReplayConfig, ShardUnavailable, check_shards, start_local_shards, stop_local_shards
+from buffer import (LocalShard, ReplayConfig, ShardRefusedError, ShardUnavailable, check_shards, start_local_shards,
+                    stop_local_shards)
 
 RECORD = "shards.json"
 
@@ -43,18 +44,28 @@ class RunShards:
 
     @classmethod
     def open(cls, run_dir: Path) -> "RunShards":
-        """The shards of the run in `run_dir`, for reading: the live ones, or servers started on its data."""
+        """The shards of the run in `run_dir`, for reading: the live ones, or, when none of them
+        listens any more, servers started on its data. A shard that answers but refuses the password
+        or is too busy to reply is still live: servers of our own on its data directory would append
+        to its files (ShardAuthError, ShardTimeoutError)."""
         config = ReplayConfig.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text())["replay"])
         password = config.password.get_secret_value() if config.password else None
-        recorded = json.loads((run_dir / "replay" / RECORD).read_text())
+        record = run_dir / "replay" / RECORD
+        if not record.is_file():
+            raise ShardUnavailable(f"{run_dir} records no replay shards (no {record}): the run ended before "
+                                   "its replay started")
+        recorded = json.loads(record.read_text())
         if config.shard_urls:
             return cls(recorded["urls"], recorded["namespace"], password)
-        try:
-            check_shards(recorded["urls"], password, timeout_s=1.0)
+        refused = _not_listening(recorded["urls"], password)
+        if not refused:
             return cls(recorded["urls"], recorded["namespace"], password)
-        except ShardUnavailable:  # the run is over: bring its data back on servers of our own
-            started = start_local_shards(len(recorded["urls"]), run_dir / "replay", config.fsync, password)
-            return cls([s.url for s in started], recorded["namespace"], password, started)
+        if len(refused) < len(recorded["urls"]):
+            raise ShardUnavailable(f"only some of the run's shards answer (not {', '.join(refused)}): a live run "
+                                   "restarting one? try again in a few seconds")
+        # the run is over: bring its data back on servers of our own
+        started = start_local_shards(len(recorded["urls"]), run_dir / "replay", config.fsync, password)
+        return cls([s.url for s in started], recorded["namespace"], password, started)
 
     def revive(self) -> list[str]:
         """Restart any local server of the run that died, on its port and data directory (its
@@ -76,3 +87,14 @@ class RunShards:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _not_listening(urls: list[str], password: str | None) -> list[str]:
+    """The URLs nothing listens at; any other failure to reach a shard is raised."""
+    refused = []
+    for url in urls:
+        try:
+            check_shards([url], password, timeout_s=1.0)
+        except ShardRefusedError:
+            refused.append(url)
+    return refused
