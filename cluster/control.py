@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 import ray
 
 from cluster.errors import ControlError, RunNotFoundError
+from cluster.submit import use_cluster_token
 
 
 NAMESPACE = "tidal"
@@ -114,6 +115,7 @@ def connect(address: str | None) -> None:
         return
     target = address or "auto"
     _reachable(target)
+    use_cluster_token()  # a run's own cluster has Ray's token auth on: without the token every call is refused
     try:
         ray.init(address=target, namespace=NAMESPACE, logging_level=logging.WARNING, log_to_driver=False)
     except (ConnectionError, RuntimeError) as e:

@@ -4,7 +4,10 @@ stats` end to end (real Redis shards), and the pure worker-reconciliation rule b
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -99,6 +102,17 @@ def test_status_round_trip_keeps_the_latest_eval(controller, capsys):
     for expected in ("tidal run unit", "2/10", "3 (desired 2)", "0.500 (step 1)", "0.125", "replay/size"):
         assert expected in out
     assert "replay/shard0/size" not in out  # per-shard rows belong to `tidal replay stats`
+
+
+def test_status_from_another_process_joins_the_runs_cluster(controller):
+    """`tidal status` runs in a shell of its own: it must join a cluster that has Ray's token auth on."""
+    ray.get(controller.report.remote({"step": 3, "loss": 0.5}, 2))
+    address = ray.get_runtime_context().gcs_address
+    shell = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}  # nothing of this process's Ray
+    result = subprocess.run([sys.executable, "-m", "cluster.cli", "status", "--address", address],
+                            capture_output=True, text=True, timeout=120, env=shell)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "tidal run unit" in result.stdout and "3/10" in result.stdout
 
 
 def test_scale_sets_the_desired_count(controller, capsys):
