@@ -253,13 +253,16 @@ class ReplayClient:
         backoff = _Backoff(timeout)
         plan = self._plan(num_groups, learner_version)
         while len(plan.drawn) < num_groups:
-            if self._sample_round(plan, learner_version):
-                continue
-            if backoff.expired():
+            progressed = self._sample_round(plan, learner_version)
+            if len(plan.drawn) >= num_groups:
+                break
+            if backoff.expired():  # checked every round: rounds that draw nothing usable must not spin past it
                 states = "; ".join(f"{self._shards[i].label}: {why}" for i, why in sorted(plan.blocked.items()))
                 raise RateLimiterTimeout(f"sample of {num_groups} groups waited {timeout}s and got "
                                          f"{len(plan.drawn)} ({self.config.rate_limiter!r}; "
                                          f"{states or 'no shard has groups to sample'})")
+            if progressed:
+                continue
             backoff.wait()
             if not any(plan.pending.values()):  # every shard was empty or down: look again
                 fresh = self._plan(num_groups - len(plan.drawn), learner_version)
@@ -308,7 +311,7 @@ class ReplayClient:
                 plan.drawn.extend((index, draw, group, plan.shares[index]) for draw, group in good)
                 plan.pending[index] -= len(good)
                 plan.blocked.pop(index, None)
-                progressed = True
+                progressed = progressed or bool(good)  # draws whose payloads all vanished are no progress
             elif reply.status == "blocked":
                 plan.blocked[index] = f"blocked by the rate limiter, {reply.limiter}"
             else:  # down, or nothing left after stale eviction: its draws go to the other shards
@@ -323,16 +326,23 @@ class ReplayClient:
         groups: dict[str, Group] = {}
         for group_id, payload in reply.payloads.items():
             if payload is None:
-                continue  # evicted since the draw: its draws are skipped, so the round draws again
+                # Evicted since the draw (then nothing is removed), or its payload lost while the group
+                # is still indexed (data loss, a maxmemory policy), which would be drawn forever.
+                self._quarantine(shard, group_id, b"", "its payload is missing")
+                continue
             try:
                 groups[group_id] = decode_group(payload)
             except CodecError as e:
-                log.warning("quarantined group %s from %s: %s", group_id, shard.label, e)
-                try:
-                    shard.quarantine(group_id, payload, _QUARANTINE_TTL_S)
-                except ShardUnavailable:
-                    pass  # the bad payload stays; the next draw of it will quarantine it
+                self._quarantine(shard, group_id, payload, str(e))
         return [(draw, groups[draw.group_id]) for draw in reply.draws if draw.group_id in groups]
+
+    @staticmethod
+    def _quarantine(shard: ShardConnection, group_id: str, payload: bytes, why: str) -> None:
+        try:
+            if shard.quarantine(group_id, payload, _QUARANTINE_TTL_S):
+                log.warning("quarantined group %s from %s: %s", group_id, shard.label, why)
+        except ShardUnavailable:
+            pass  # the group stays; its next draw quarantines it
 
     def _to_sampled(self, plan: "_SamplePlan", learner_version: int) -> list[SampledGroup]:
         # P(i) = P(shard) * P(i | shard): the shard's share of the mass times leaf / shard mass.

@@ -156,7 +156,7 @@ def _read_arrays(header: dict[str, Any], buffer: bytes | bytearray | memoryview,
                  ) -> dict[str, list[np.ndarray]]:
     """Field -> one array per trajectory, as views into `buffer`."""
     table = header.get("arrays")
-    if not isinstance(table, list) or [row[0] if isinstance(row, list) else None for row in table] != list(ARRAY_FIELDS):
+    if not isinstance(table, list) or [row[0] if isinstance(row, list) and row else None for row in table] != list(ARRAY_FIELDS):
         raise CodecError(f"array table must list {list(ARRAY_FIELDS)}")
     prompt_bounds, completion_bounds = (list(accumulate(lengths, initial=0)) for lengths in _read_lengths(header))
     arrays = {}
@@ -198,6 +198,15 @@ def _read_columns(header: dict[str, Any]) -> dict[str, list]:
 
 def decode_trajectories(payload: bytes | bytearray | memoryview) -> tuple[dict[str, Any], list[Trajectory]]:
     """Inverse of encode_trajectories: the scalar header and the validated trajectories."""
+    try:
+        return _decode_trajectories(payload)
+    except CodecError:
+        raise
+    except Exception as e:  # malformed in a way no check above foresaw: refused all the same, never a reader's crash
+        raise CodecError(f"malformed payload: {type(e).__name__}: {e}") from e
+
+
+def _decode_trajectories(payload: bytes | bytearray | memoryview) -> tuple[dict[str, Any], list[Trajectory]]:
     header, offset = _read_header(payload)
     # Views into the payload, no copy (decode is on the learner's sampling path, and a fresh copy of
     # each payload costs more than the rest of decoding): arrays from immutable bytes are read-only,

@@ -16,7 +16,7 @@ from buffer.errors import ShardAuthError, ShardRefusedError, ShardTimeoutError
 CONNECT_TIMEOUT_S = 3.0
 
 
-def _address(url: str) -> str:
+def shard_address(url: str) -> str:
     parsed = urlparse(url)
     return parsed.path if parsed.scheme == "unix" else f"{parsed.hostname}:{parsed.port}"  # never the password
 
@@ -31,17 +31,17 @@ def connect_checked(url: str, password: str | None, timeout_s: float = CONNECT_T
         if isinstance(e, redis.ResponseError) and not ("NOAUTH" in str(e) or "WRONGPASS" in str(e)):
             raise
         if password is None:
-            raise ShardAuthError(f"replay shard {_address(url)} requires a password (set replay.password or "
+            raise ShardAuthError(f"replay shard {shard_address(url)} requires a password (set replay.password or "
                                  f"TIDAL_REDIS_PASSWORD)") from e
-        raise ShardAuthError(f"replay shard {_address(url)} rejected the password: {e}") from e
+        raise ShardAuthError(f"replay shard {shard_address(url)} rejected the password: {e}") from e
     except redis.TimeoutError as e:
         conn.close()
-        raise ShardTimeoutError(f"replay shard {_address(url)} did not answer within {timeout_s}s") from e
+        raise ShardTimeoutError(f"replay shard {shard_address(url)} did not answer within {timeout_s}s") from e
     except redis.ConnectionError as e:
         conn.close()
         if isinstance(e.__cause__, TimeoutError) or "timed out" in str(e).lower():
-            raise ShardTimeoutError(f"replay shard {_address(url)} did not answer within {timeout_s}s") from e
-        raise ShardRefusedError(f"replay shard {_address(url)} refused the connection (is redis-server "
+            raise ShardTimeoutError(f"replay shard {shard_address(url)} did not answer within {timeout_s}s") from e
+        raise ShardRefusedError(f"replay shard {shard_address(url)} refused the connection (is redis-server "
                                 f"running there?): {e}") from e
     return conn
 

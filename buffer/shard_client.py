@@ -313,8 +313,9 @@ class ShardConnection:
             entries = pipe.execute()
         return [{k.decode(): v.decode() for k, v in entry.items()} for entry in entries]
 
-    def quarantine(self, group_id: str, payload: bytes, ttl_s: int) -> None:
-        self.call("quarantine", [group_id, payload, ttl_s])
+    def quarantine(self, group_id: str, payload: bytes, ttl_s: int) -> bool:
+        """Whether this call removed the group (False: it was no longer stored)."""
+        return bool(self.call("quarantine", [group_id, payload, ttl_s]))
 
     def stats(self, learner_version: int) -> tuple[dict[str, int], int, float, int, list[int], dict[str, int]]:
         counters, size, mass, version, histogram, ledger = self.call("stats", [learner_version])

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from buffer.config import ReplayConfig
 from buffer.errors import ConfigMismatchError
-from buffer.preflight import connect_checked
+from buffer.preflight import connect_checked, shard_address
 from buffer.scripts import script_source
 from buffer.selectors import SELECTORS
 
@@ -51,7 +51,7 @@ def create_table(config: ReplayConfig, shard_urls: list[str]) -> None:
         stored = {reply[i].decode(): reply[i + 1].decode() for i in range(0, len(reply), 2)}
         mismatched = differences(stored, fields)
         if mismatched:
-            raise ConfigMismatchError(f"the replay table {config.namespace!r} on {url} exists with other settings "
-                                      f"({'; '.join(mismatched)}): resume with the run's own replay settings, or "
-                                      "use another namespace")
+            raise ConfigMismatchError(f"the replay table {config.namespace!r} on {shard_address(url)} exists with "
+                                      f"other settings ({'; '.join(mismatched)}): resume with the run's own replay "
+                                      "settings, or use another namespace")
 

@@ -119,3 +119,33 @@ def test_non_finite_reward_and_bool_scalars_are_named(make_group):
 def test_payload_holds_every_trajectory_field():
     # decode sets exactly these fields (Trajectory.checked, no defaults): a new field must be encoded too
     assert set(ARRAY_FIELDS) | set(_TRAJ_SCALARS) == {f.name for f in dataclasses.fields(Trajectory)}
+
+
+def _paths(node, path=()):
+    """The path (keys of maps, indices of lists) to every value inside a msgpack header."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, child in items:
+        yield (*path, key)
+        yield from _paths(child, (*path, key))
+
+
+def _replace(header, path, junk) -> None:
+    for key in path[:-1]:
+        header = header[key]
+    header[path[-1]] = junk
+
+
+def test_any_malformed_header_is_refused_with_a_codec_error(make_group):
+    """The learner quarantines what raises CodecError and goes on; anything else would stop it on
+    every draw of the group (an empty array-table row once raised IndexError)."""
+    payload = encode_group(make_group([0.0, 1.0]))
+    _, _, header_len, _ = _FIXED.unpack_from(payload)
+    header = msgpack.unpackb(payload[_FIXED.size:_FIXED.size + header_len])
+    refused = 0
+    for path in list(_paths(header)):
+        for junk in ([], {}, None, "x", -1, 2**40, [[]], [None, None], {"": []}, 1.5):
+            try:
+                decode_group(_reframe(payload, lambda h, path=path, junk=junk: _replace(h, path, junk)))
+            except CodecError:
+                refused += 1
+    assert refused > 500  # most edits break the payload; none may escape as another exception
