@@ -264,9 +264,12 @@ class ReplayClient:
             if progressed:
                 continue
             backoff.wait()
-            if not any(plan.pending.values()):  # every shard was empty or down: look again
+            # After a wait every live shard is asked again, a rate-limited one included.
+            plan.blocked.clear()
+            plan.pending = self._split(num_groups - len(plan.drawn), plan.shares, plan.excluded)
+            if not plan.pending:  # every shard was empty or down: look again
                 fresh = self._plan(num_groups - len(plan.drawn), learner_version)
-                plan = dataclasses.replace(fresh, drawn=plan.drawn, blocked=plan.blocked)
+                plan = dataclasses.replace(fresh, drawn=plan.drawn)
         return self._to_sampled(plan, learner_version)
 
     def _plan(self, count: int, learner_version: int) -> "_SamplePlan":
@@ -287,8 +290,8 @@ class ReplayClient:
 
     def _split(self, count: int, shares: dict[int, float], excluded: set[int]) -> dict[int, int]:
         live = [i for i, share in shares.items() if share > 0 and i not in excluded]
-        if not live:
-            return {}
+        if len(live) < 2:
+            return {i: count for i in live}
         weights = np.array([shares[i] for i in live])
         with self._lock:
             counts = self._rng.multinomial(count, weights / weights.sum())
@@ -297,7 +300,8 @@ class ReplayClient:
     def _sample_round(self, plan: "_SamplePlan", learner_version: int) -> bool:
         """One pass over the shards that still owe draws; True if anything changed."""
         progressed = False
-        for index, count in list(plan.pending.items()):
+        for index in list(plan.pending):
+            count = plan.pending[index]  # draws moved here earlier in this round included
             if count == 0:
                 continue
             shard = self._shards[index]
@@ -313,14 +317,27 @@ class ReplayClient:
                 plan.blocked.pop(index, None)
                 progressed = progressed or bool(good)  # draws whose payloads all vanished are no progress
             elif reply.status == "blocked":
+                # Shards whose limiters allow them take its draws until the next wait: limiters are per
+                # shard, and one could hold the learner while another holds a producer, though the
+                # table as a whole has room for both.
                 plan.blocked[index] = f"blocked by the rate limiter, {reply.limiter}"
+                progressed = self._move_draws(plan, index, plan.excluded | plan.blocked.keys()) or progressed
             else:  # down, or nothing left after stale eviction: its draws go to the other shards
                 plan.blocked[index] = reply.status
                 plan.excluded.add(index)
-                for other, extra in self._split(plan.pending.pop(index), plan.shares, plan.excluded).items():
-                    plan.pending[other] = plan.pending.get(other, 0) + extra
-                progressed = progressed or any(plan.pending.values())
+                progressed = self._move_draws(plan, index, plan.excluded) or progressed
         return progressed
+
+    def _move_draws(self, plan: "_SamplePlan", index: int, excluded: set[int]) -> bool:
+        """Move the draws shard `index` owes to the shards not `excluded`, by their shares (the draws
+        keep those shards' shares as their probabilities); False if none can take them."""
+        moved = self._split(plan.pending[index], plan.shares, excluded | {index})
+        if not moved:
+            return False
+        plan.pending[index] = 0
+        for other, extra in moved.items():
+            plan.pending[other] = plan.pending.get(other, 0) + extra
+        return True
 
     def _decode_draws(self, shard: ShardConnection, reply: SampleReply) -> list[tuple[Draw, Group]]:
         groups: dict[str, Group] = {}

@@ -72,3 +72,22 @@ def test_blocked_sample_times_out_naming_the_limiter(shards, namespace, make_cli
     client.insert(make_group([0.0, 1.0]))
     client.insert(make_group([0.0, 1.0]))
     assert len(client.sample(4, learner_version=0, timeout=1.0)) == 4
+
+
+def test_a_learner_held_by_one_shard_samples_from_another_that_has_room(shards, namespace, make_client, make_group):
+    """Limiters are per shard: a learner waiting on shard 0's limiter, while shard 1's would let it
+    draw, waited until it timed out (and a producer blocked on shard 1 for want of samples waited with
+    it), though the table as a whole had room. Draws a limiter holds go to shards that allow them."""
+    urls = [s.url for s in shards]
+    client = make_client(urls, namespace, initial_priority="producer",
+                         rate_limiter=SampleToInsertRatio(samples_per_insert=1, min_size_to_sample=1, error_buffer=2))
+
+    def homed(shard: int, priority: float):
+        while (group := make_group([0.0, 1.0], priority=priority)) and client._home(group.group_id) != shard:
+            pass
+        return group
+
+    client.insert(homed(0, 10.0))  # all but 1e-5 of the mass: every draw is planned on shard 0, which allows 2
+    client.insert(homed(1, 1e-6))
+    sampled = client.sample(3, learner_version=0, timeout=2.0)
+    assert len(sampled) == 3 and {s.shard for s in sampled} == {0, 1}
