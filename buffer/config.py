@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from typing import Literal
+from urllib.parse import parse_qs, urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -55,6 +56,17 @@ class ReplayConfig(BaseModel):
     dedup_ttl_s: int = Field(86_400, ge=1)  # a retried insert within this window is a duplicate
     retry_down_shard_s: float = Field(1.0, gt=0)  # how often a down shard is tried again
     success_store: SuccessStoreConfig = Field(default_factory=SuccessStoreConfig)
+
+    @field_validator("shard_urls")
+    @classmethod
+    def _no_password_in_urls(cls, urls: list[str]) -> list[str]:
+        """URLs are printed and written to the run directory; the password field never is."""
+        for index, url in enumerate(urls):
+            parsed = urlparse(url)
+            if parsed.password or "password" in parse_qs(parsed.query):
+                raise ValueError(f"shard_urls[{index}] ({parsed.hostname}:{parsed.port}) holds a password: "
+                                 f"take it out and set replay.password or {PASSWORD_ENV} instead")
+        return urls
 
     @field_validator("selector")
     @classmethod

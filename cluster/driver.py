@@ -81,7 +81,7 @@ class Run:
     live: LiveRun
     tokenizer: object  # the model's, for evaluations that build token contexts themselves
     placement: PlacementRecord
-    started: float
+    started: float  # time.time() that wall_s counts from (earlier for a resumed run: see resume)
 
     def note(self, message: str) -> None:
         self.progress.note(message)
@@ -209,7 +209,8 @@ def start_run(cfg: RunConfig, run_dir: Path, stack: ExitStack, progress: Progres
     stack.callback(workers.stop_all, CALL_TIMEOUT_S)
     learners.join()
     record_learners(record, learners, placement)
-    workers.wait_ready(cfg.faults.start_timeout_s)
+    for note in workers.wait_ready(cfg.faults.start_timeout_s):
+        progress.note(note)
     live.refresh(force=True)
     writer = MetricsWriter(run_dir)
     stack.callback(writer.close)
@@ -241,9 +242,11 @@ def learner_measures(run: Run) -> dict:
 def produce_on_policy(run: Run, num_groups: int) -> None:
     """Sync mode: the ready workers load the newest weights, then fill the replay with one batch of
     groups that carry a learning signal. A worker lost meanwhile (process dead, or engine thread
-    ended) is replaced and its share made by the others."""
+    ended) is replaced and its share made by the others; its replacement joins once warmed up."""
     missing = num_groups
     for _ in range(3):
+        for note in run.workers.wait_for_one_ready(run.cfg.faults.start_timeout_s):
+            run.note(note)
         syncs = [(w, w.handle.sync_weights.remote()) for w in run.workers.ready]
         workers = [w for w, ref in syncs if _answered(run, w, ref, CALL_TIMEOUT_S)]
         shares = [missing // len(workers) + (i < missing % len(workers)) for i in range(len(workers))]
@@ -263,7 +266,6 @@ def _answered(run: Run, worker: Worker, ref, timeout_s: float) -> bool:
         if not worker_lost(e):
             raise
         run.note(run.workers.replace_dead(worker, e))
-        run.workers.wait_ready(run.cfg.faults.start_timeout_s)
         return False
 
 
@@ -317,6 +319,14 @@ def restore(run: Run) -> int:
     step = int(driver.get("step", 0))
     run.writer.rewind(step)
     run.note(f"restored step {step} (policy version {state['policy_version']})")
+    return step
+
+
+def resume(run: Run) -> int:
+    """`restore` for a resumed run, whose clock then goes on from its last record kept: its wall_s
+    keep growing across the restart (the time the run was down is not counted)."""
+    step = restore(run)
+    run.started -= max((r["wall_s"] for r in run.writer.records if "wall_s" in r), default=0.0)
     return step
 
 
@@ -435,7 +445,7 @@ def train(cfg: RunConfig, resume_dir: Path | None = None) -> Path:
         run = start_run(cfg, run_dir, stack, progress, started)
         # A resumed run goes back to its latest checkpoint; one that died before its first goes back to
         # step 0 with the model it started from, keeping the replay's groups of that version.
-        step = restore(run) if resume_dir is not None else 0
+        step = resume(run) if resume_dir is not None else 0
         try:
             step = train_loop(run, step, resume_hint)
         except (KeyboardInterrupt, SystemExit):

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 class MetricsWriter:
@@ -16,6 +19,7 @@ class MetricsWriter:
         self.run_dir = run_dir
         self.path = run_dir / "metrics.jsonl"
         self.records = read_metrics(self.path) if self.path.is_file() else []
+        self._write_all()  # without a line cut short by a kill, which the next record would run into
         self._open(purge_step=None)
 
     def _open(self, purge_step: int | None) -> None:
@@ -27,7 +31,7 @@ class MetricsWriter:
     def rewind(self, step: int) -> None:
         self.close()
         self.records = [r for r in self.records if r["step"] <= step]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+        self._write_all()
         self._open(purge_step=step + 1)  # TensorBoard hides the events of later steps from earlier files
 
     def write(self, record: dict) -> None:
@@ -36,7 +40,7 @@ class MetricsWriter:
         if self.records and self.records[-1]["step"] == record["step"]:
             self.records[-1] = self.records[-1] | record
             self._file.close()
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+            self._write_all()
             self._file = self.path.open("a")
         else:
             self.records.append(record)
@@ -45,6 +49,12 @@ class MetricsWriter:
         for key, value in record.items():
             if isinstance(value, (int, float)) and key != "step" and math.isfinite(value):
                 self._tensorboard.add_scalar(_tensorboard_tag(key), value, record["step"])
+
+    def _write_all(self) -> None:
+        """Rewrite the file from `records`, atomically: a kill midway leaves the old file whole."""
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        temporary.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+        temporary.replace(self.path)
 
     def close(self) -> None:
         self._file.close()
@@ -61,7 +71,15 @@ def _tensorboard_tag(key: str) -> str:
 
 
 def read_metrics(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The records of a metrics.jsonl. A last line that is not JSON was cut short (the run was killed
+    while writing it, or is writing it now): it is left out, with a warning."""
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    try:
+        last = [json.loads(lines[-1])] if lines else []
+    except json.JSONDecodeError:
+        log.warning("%s: left out its last line, cut short: %.80s", path, lines[-1])
+        last = []
+    return [json.loads(line) for line in lines[:-1]] + last
 
 
 NOT_PLOTTED = ("eval_return", "eval_failed", "eval_tool_calls", "eval_chips")  # on other scales, or bookkeeping

@@ -5,8 +5,9 @@ A worker is a numbered slot that can have several incarnations. Starting one ret
 joins (is `ready`) when its engine has warmed up, so a scale-up never pauses the learner. In async
 mode each worker's `run()` call doubles as its heartbeat: it returns only when the worker is
 stopped, so a finished call of a worker nobody stopped is a worker that died. Its groups in flight
-were never acknowledged; the admission controller counts them as lost and frees their room. A dead
-worker is restarted unless its slot has used its restart budget, in which case the run stops
+were never acknowledged; the admission controller counts them as lost and frees their room (as it
+does for a stopped worker that gave up draining at its deadline). A dead worker, or one that dies
+warming up, is restarted unless its slot has used its restart budget, in which case the run stops
 with a `WorkerCrashLoop` that names the worker and its last error.
 """
 
@@ -83,10 +84,25 @@ class WorkerPool:
     def start(self, count: int) -> None:
         self.workers = reconcile_workers(self.workers, count, self._launch, self._stop)
 
-    def wait_ready(self, timeout_s: float) -> None:
-        """Block until every worker started so far is ready (the run's start)."""
-        ray.get([w.ready_ref for w in self.workers], timeout=timeout_s)
-        self.check()
+    def wait_ready(self, timeout_s: float) -> list[str]:
+        """Block until every worker started so far is ready (the run's start); returns check()'s notes."""
+        return self._wait(lambda: all(w.ready for w in self.workers), "not every rollout worker was ready", timeout_s)
+
+    def wait_for_one_ready(self, timeout_s: float) -> list[str]:
+        """Block until at least one worker is ready; returns check()'s notes."""
+        return self._wait(lambda: bool(self.ready), "no rollout worker was ready", timeout_s)
+
+    def _wait(self, done: Callable[[], bool], failure: str, timeout_s: float) -> list[str]:
+        """check() until `done()`: a worker that dies warming up is replaced, within its restart budget."""
+        deadline = time.monotonic() + timeout_s
+        notes = self.check()
+        while not done():
+            starting = [w.ready_ref for w in self.workers if not w.ready]
+            if not starting or time.monotonic() >= deadline:
+                raise RunFailed(f"{failure} within {timeout_s:.0f}s")
+            ray.wait(starting, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+            notes += self.check()
+        return notes
 
     def resize(self, desired: int) -> bool:
         """Start or stop workers to match `desired` (newest stopped first); True if it changed anything."""
@@ -140,8 +156,7 @@ class WorkerPool:
         reason = failure_reason(error)
         self.last_errors[dead.name] = reason
         self._on_gone(dead)
-        lost = ray.get(self.admission.worker_lost.remote(dead.name), timeout=CALL_TIMEOUT_S)
-        self.lost_in_flight += lost
+        lost = self._count_lost(dead)
         ray.kill(dead.handle, no_restart=True)
         if not self.budget.allow(dead.slot, time.monotonic()):
             raise WorkerCrashLoop(f"rollout worker {dead.name} (slot {dead.slot}) died {self.budget.max_restarts + 1} "
@@ -151,13 +166,29 @@ class WorkerPool:
         self.workers[self.workers.index(dead)] = replacement
         return f"rollout worker {dead.name} died ({reason}); {lost} groups in flight lost; started {replacement.name}"
 
-    def _reap_stopping(self) -> None:
+    def _count_lost(self, worker: Worker) -> int:
+        """Free the admission room of the worker's groups in flight: gone with it, never to be acknowledged."""
+        lost = ray.get(self.admission.worker_lost.remote(worker.name), timeout=CALL_TIMEOUT_S)
+        self.lost_in_flight += lost
+        return lost
+
+    def _reap_stopping(self, force: bool = False) -> None:
+        """End the stopping workers that finished, are past their deadline, or all of them (`force`).
+        One that gave up its drain at the deadline leaves groups in flight, counted as lost."""
         for entry in list(self._stopping):
             finished = entry.worker.loop_ref is None or ray.wait([entry.worker.loop_ref], timeout=0)[0]
-            if finished or time.monotonic() >= entry.deadline:
+            if force or finished or time.monotonic() >= entry.deadline:
                 ray.kill(entry.worker.handle, no_restart=True)
                 self._stopping.remove(entry)
                 self._on_gone(entry.worker)
+                try:
+                    self._count_lost(entry.worker)
+                except (ray.exceptions.RayError, TimeoutError) as e:
+                    if not force:
+                        raise
+                    # the run is ending (stop_all): the admission actor may be gone with it; the
+                    # shutdown must not fail over a count nobody reads
+                    log.warning("in-flight groups of %s not counted: %s", entry.worker.name, e)
 
     # -- work ------------------------------------------------------------------------------------
     @property
@@ -175,12 +206,6 @@ class WorkerPool:
                 continue  # the next check() replaces it if it died
         return out
 
-    def wait_for_one_ready(self, timeout_s: float) -> None:
-        refs = [w.ready_ref for w in self.workers]
-        if not refs or not ray.wait(refs, num_returns=1, timeout=timeout_s)[0]:
-            raise TimeoutError(f"no rollout worker became ready within {timeout_s:.0f}s")
-        self.check()
-
     def stop_all(self, timeout_s: float) -> None:
         for worker in self.workers:
             self._stop(worker)
@@ -189,9 +214,7 @@ class WorkerPool:
         while self._stopping and time.monotonic() < deadline:
             self._reap_stopping()
             time.sleep(0.05)
-        for entry in self._stopping:
-            ray.kill(entry.worker.handle, no_restart=True)
-        self._stopping = []
+        self._reap_stopping(force=True)
 
     def counts(self) -> dict[str, float]:
         return {"workers/alive": len(self.ready), "workers/starting": len(self.workers) - len(self.ready),

@@ -27,7 +27,7 @@ class StandInAdmission:
         return 0
 
 
-def stand_in_pool(worker_class, size: int, *behaviours: dict) -> WorkerPool:
+def stand_in_pool(worker_class, size: int, *behaviours: dict, timeout_s: float = 30.0) -> WorkerPool:
     """A ready pool of `size` `worker_class` actors, each made from the next behaviour (its
     constructor's keyword arguments) in order; a replacement gets the next unused one."""
     queue = list(behaviours)
@@ -37,5 +37,5 @@ def stand_in_pool(worker_class, size: int, *behaviours: dict) -> WorkerPool:
 
     pool = WorkerPool(start, StandInAdmission.options(num_cpus=0).remote(), False, RestartBudget(3, 600.0))
     pool.start(size)
-    pool.wait_ready(30)
+    pool.wait_ready(timeout_s)
     return pool

@@ -3,6 +3,7 @@ and `tidal train` turns that into exit code 2 before any service starts. The shi
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,19 @@ def test_metrics_rewind_keeps_every_step_once(tmp_path):
     assert [r["step"] for r in records] == [0, 1, 2, 3, 4]
     assert records[3] == {"step": 3, "loss": 3.0, "eval_accuracy": 0.5} and records[4]["loss"] == 40.0
     assert len(MetricsWriter(tmp_path).records) == 5
+
+
+@pytest.mark.parametrize("url", ["redis://:hunter2@10.0.0.5:6379", "redis://default:hunter2@10.0.0.5:6379/0",
+                                 "redis://10.0.0.5:6379?password=hunter2"])
+def test_a_password_in_a_shard_url_is_refused_at_load_without_echoing_it(url):
+    """URLs are printed and written to the run directory (config.yaml, replay/shards.json)."""
+    from cluster.config import parse_overrides
+
+    refusal = ("replay.shard_urls: Value error, shard_urls[1] (10.0.0.5:6379) holds a password: take it out and "
+               "set replay.password or TIDAL_REDIS_PASSWORD instead")
+    with pytest.raises(ConfigError, match=re.escape(refusal)) as caught:
+        load_config(None, parse_overrides([f"replay.shard_urls=[redis://10.0.0.4:6379, '{url}']"]))
+    assert "hunter2" not in str(caught.value)
 
 
 def test_set_overrides_are_typed_and_validated_like_the_file(tmp_path, capsys):
