@@ -119,4 +119,4 @@ def register_env(name: str) -> Callable[[EnvT], EnvT]:
 
 
 def make_env(name: str, **kwargs: Any) -> Env:
-    return ENVS.get(name)(**kwargs)
+    return ENVS.build(name, **kwargs)

@@ -9,8 +9,9 @@ package can import it (learner and buffer import nothing else from envs).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -47,6 +48,19 @@ class Registry(Generic[T]):
             return self._items[name]
         except KeyError as e:
             raise UnknownNameError(self.kind, name, list(self._items)) from e
+
+    def build(self, name: str, **params: Any) -> Any:
+        """The component `name` called with `params`. A parameter it does not take is named, with
+        the ones it does, as a ValueError (config validation reports those with the setting's key;
+        the TypeError from inside the call escaped it as a traceback)."""
+        item = self.get(name)
+        accepted = inspect.signature(item).parameters
+        if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+            unknown = sorted(set(params) - set(accepted))
+            if unknown:
+                raise ValueError(f"{self.kind} {name!r} has no parameter {', '.join(map(repr, unknown))}; "
+                                 f"its parameters: {', '.join(accepted) or '(none)'}")
+        return item(**params)
 
     def check(self, name: str) -> str:
         """`name` if it is registered (for config validators), else UnknownNameError."""

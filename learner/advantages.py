@@ -10,7 +10,6 @@ broadcasts each over its trajectory's tokens.
 
 from __future__ import annotations
 
-import inspect
 
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
@@ -126,14 +125,8 @@ class RoleBaselines:
 
 def make_estimator(name: str, params: Mapping[str, Any] | None = None) -> AdvantageEstimator:
     """The estimator `name` with its `params` (only stateful estimators take any)."""
-    entry = ADVANTAGES.get(name)
-    if isinstance(entry, type):
-        accepted = list(inspect.signature(entry).parameters)
-        unknown = sorted(set(params or {}) - set(accepted))
-        if unknown:  # named here: the constructor's TypeError would escape config validation as a traceback
-            raise ValueError(f"advantage estimator {name!r} has no parameter {', '.join(map(repr, unknown))}; "
-                             f"its parameters: {', '.join(accepted)}")
-        return entry(**dict(params or {}))
+    if isinstance(ADVANTAGES.get(name), type):
+        return ADVANTAGES.build(name, **dict(params or {}))
     if params:
         raise ValueError(f"advantage estimator {name!r} takes no parameters, got {sorted(params)}")
     return GroupRelative(name)

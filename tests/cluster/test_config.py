@@ -136,6 +136,9 @@ def test_set_overrides_are_typed_and_validated_like_the_file(tmp_path, capsys):
     (["learner.optim.betas=[.nan, 0.9]"], "learner.optim.betas: Value error, each of betas must be in [0, 1)"),
     (["learner.num_ranks=3", "learner.groups_per_step=2"], "groups_per_step (2) < num_ranks (3)"),
     (["loss.objective.eps_high=0.3"], "loss.objective: set loss.objective.name too"),
+    (["env.name=single_turn", "env.params.reward=math_answer"],
+     "env: Value error, env 'single_turn' has no parameter 'reward'; its parameters: rewards, reward_params, "
+     "success_term"),
 ])
 def test_settings_that_would_fail_inside_the_learner_fail_at_load_naming_the_key(overrides, named):
     """Each of these was accepted, then failed once Ray and Redis were up (or as a bare traceback)."""
