@@ -10,6 +10,7 @@ The token is never printed or logged.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shlex
 from collections.abc import Mapping
@@ -53,9 +54,16 @@ def use_cluster_token() -> None:
     """Before joining an existing cluster with ray.init: Ray's own client sends the token only in
     token mode; turn that on when a token is at hand and no mode was chosen (Ray's own rule for a
     local cluster; it also refreshes the mode Ray read at import). The token is never printed."""
-    from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+    from ray._private.authentication import authentication_token_setup as token_setup
 
-    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    # Ray warns that token auth "is enabled" when this turns it on: our choice, not news to the user.
+    ray_logger = logging.getLogger(token_setup.__name__)
+    level = ray_logger.level
+    ray_logger.setLevel(logging.ERROR)
+    try:
+        token_setup.maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    finally:
+        ray_logger.setLevel(level)
 
 
 def auth_headers(token: str | None) -> dict[str, str]:
@@ -68,10 +76,14 @@ def make_job_client(address: str, environ: Mapping[str, str] = os.environ):
     try:
         return JobSubmissionClient(address, headers=auth_headers(token))
     except (AuthenticationError, ConnectionError, RuntimeError) as e:
-        hint = ("the cluster rejected the token: copy the head node's (`ray get-auth-token` there) to "
-                "~/.ray/auth_token or RAY_AUTH_TOKEN" if token else
-                "if the cluster has token auth on, put its token (`ray get-auth-token` on the head node) in "
-                "~/.ray/auth_token or RAY_AUTH_TOKEN")
+        if isinstance(e, ConnectionError):  # nothing answered: a token would not have helped
+            hint = "is the cluster's dashboard up at that address (`ray start --head` serves it on port 8265)?"
+        elif token:
+            hint = ("the cluster rejected the token: copy the head node's (`ray get-auth-token` there) to "
+                    "~/.ray/auth_token or RAY_AUTH_TOKEN")
+        else:
+            hint = ("if the cluster has token auth on, put its token (`ray get-auth-token` on the head node) in "
+                    "~/.ray/auth_token or RAY_AUTH_TOKEN")
         raise SubmitError(f"cannot reach the Ray Jobs API at {address}: {_first_line(e)}; {hint}") from e
 
 

@@ -64,8 +64,9 @@ def test_bad_config_fails_before_submission(tmp_path):
 
 
 def test_unreachable_address_is_a_submit_error(tmp_path):
-    with pytest.raises(SubmitError, match="cannot reach the Ray Jobs API at http://127.0.0.1:1"):
+    with pytest.raises(SubmitError, match="cannot reach the Ray Jobs API at http://127.0.0.1:1") as caught:
         make_job_client(UNREACHABLE, {"RAY_AUTH_TOKEN_PATH": str(token_file(tmp_path, "t0ken"))})
+    assert "dashboard up" in str(caught.value) and "token" not in str(caught.value)  # no one refused it
 
 
 # ---- a real head node with token auth ---------------------------------------------------------
