@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from envs.base import Action, Env, Observation, StepResult, Task, as_action, register_env
 from envs.errors import EnvError, EpisodeStateError
+from envs.math_data import last_number, parse_number
 from envs.single_turn import turn_info
 
 MAX_LENGTH = 200  # characters; checked first, so a 1 MB input costs one len()
@@ -174,29 +175,27 @@ def tool_bonus_coefficient(step: int, cfg: ToolBonusConfig) -> float:
 
 
 _CALL_OPEN, _CALL_CLOSE = "<calc>", "</calc>"
-_LEADING_NUMBER = re.compile(r"\s*(-?\d+(?:\.\d+)?)")
-_MAX_ANSWER_LENGTH = 100  # characters of a graded number; int() refuses > 4300 digits, no answer is this long
+_CALL_SPAN = re.compile(r"<calc>.*?(?:</calc>|$)", re.DOTALL)  # an unclosed call runs to the end
 CALL_SYNTAX = (
     "You may use a calculator: write <calc>EXPRESSION</calc> (numbers, + - * /, parentheses) "
     "and the result comes back as <result>VALUE</result>. Reply with the final answer as a number.\n"
 )
 
 
-def leading_number(text: str) -> Fraction | None:
-    """The number a turn starts with (after whitespace), or None."""
-    match = _LEADING_NUMBER.match(text)
-    if match is None or len(match.group(1)) > _MAX_ANSWER_LENGTH:
-        return None
-    return Fraction(match.group(1))
+def final_answer(text: str) -> Fraction | None:
+    """The last number of a final turn outside its `<calc>` spans, or None: a call made after the
+    calls ran out is an expression, not an answer. "936/2" is 468, "1,936" is 1936."""
+    number = last_number(_CALL_SPAN.sub(" ", text))
+    return None if number is None else parse_number(number)
 
 
 def answer_is_correct(task: Task, completion: str) -> bool:
-    """The completion's leading number equals the task's answer as a number ("936" = "936.0")."""
+    """The completion's final answer equals the task's answer as a number ("936" = "936.0")."""
     try:
         expected = Fraction(task.answer.strip())
     except ValueError as e:
         raise EnvError(f"calculator task {task.task_id!r} has a non-numeric answer {task.answer!r}") from e
-    return leading_number(completion) == expected
+    return final_answer(completion) == expected
 
 
 def call_result(text: str) -> tuple[str, bool]:
@@ -220,11 +219,12 @@ class CalculatorEnv(Env):
     `<result>error: MESSAGE</result>` for an expression the parser rejects or a missing
     `</calc>`. Do not make "</calc>" a sampling stop string: vLLM drops stop strings from the
     text, so every call would lack its closing tag. A turn without `<calc>` is the final answer:
-    its leading number is graded and the episode ends.
+    its last number is graded and the episode ends.
 
     Each call turn uses one of `max_calls`. A call after they are used up is answered
     `<result>error: no calls left</result>`, and the turn after that is graded as the final
-    answer whatever it contains, so an episode has at most max_calls + 2 turns.
+    answer whatever it contains (its last number outside `<calc>` spans), so an episode has at
+    most max_calls + 2 turns.
     Only calls answered with a value count as `tool_calls` (for the bonus and the metrics):
     an empty or broken `<calc>` must not earn the bonus.
 

@@ -35,20 +35,36 @@ _ANSWER = re.compile(
     rf"|\\[dt]?frac\{{\s*(?P<fnum>\d+)\s*\}}\{{\s*(?P<fden>\d+)\s*\}})"
     rf"\s*(?:\\?%)?\.?"  # a percent sign is a unit ("50%" -> 50); a final "." ends a sentence
 )
-_NUMBER_IN_TEXT = re.compile(r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?")
+# A number in prose, with "-" or the minus sign "−". A comma or point between digits never ends
+# one: "1,2" is no number (a list, or a decimal comma), so neither 1 nor 2; "1.2.3" neither; and
+# "1e3" is not 1.
+_NUMBER_IN_TEXT = re.compile(
+    rf"(?<![\w.])(?<!\d,)[-\u2212]?(?:{_DECIMAL})(?:/\d+)?"
+    r"(?![.,]?\d|[eE][-+]?\d)"
+)
 
 
 def extract_answer(text: str, last_number_fallback: bool = False) -> str | None:
     """The final answer as written: the first line after the last "####", else the content of
-    the last `\\boxed{...}` (nested braces allowed), else, with `last_number_fallback`, the last
-    number in the text. None when there is none.
+    the last `\\boxed{...}` (nested braces allowed). None when there is none.
 
+    With `last_number_fallback` a marked answer that is no number as a whole ("#### 42 dollars",
+    "\\boxed{x = 42}") gives its last number, and a text without a marker the last number in it.
     The fallback is for model completions (the `math_answer` reward), never for dataset answers:
     a solution without a marker must be a bare number, not a number picked out of its prose."""
+    answer = _marked_answer(text)
+    if not last_number_fallback:
+        return answer
+    if answer is None:
+        return last_number(text)
+    return answer if parse_number(answer) is not None else last_number(answer)
+
+
+def _marked_answer(text: str) -> str | None:
     for extract in (_after_last_marker, _last_boxed):
         if (answer := extract(text)) is not None:
             return answer
-    return _last_number(text) if last_number_fallback else None
+    return None
 
 
 def _after_last_marker(text: str) -> str | None:
@@ -71,19 +87,21 @@ def _last_boxed(text: str) -> str | None:
     return None  # unbalanced: not an answer
 
 
-def _last_number(text: str) -> str | None:
+def last_number(text: str) -> str | None:
+    """The last number in prose as written ("1,234.5", "−3", "3/4"), or None."""
     numbers = _NUMBER_IN_TEXT.findall(text)
     return numbers[-1] if numbers else None
 
 
 def parse_number(text: str) -> Fraction | None:
-    """The value of a number written as an answer, or None: an optional sign (spaces after it
-    allowed), "$" or "\\$", then a decimal (commas as thousands separators), a fraction "a/b" or
-    `\\frac{a}{b}` (also \\dfrac, \\tfrac) of unsigned integers, then "%" or "\\%" (dropped as a
-    unit: "50%" is 50) and a full stop. Scientific notation, units and expressions are None."""
+    """The value of a number written as an answer, or None: an optional sign ("-", "−" or "+",
+    spaces after it allowed), "$" or "\\$", then a decimal (commas as thousands separators), a
+    fraction "a/b" or `\\frac{a}{b}` (also \\dfrac, \\tfrac) of unsigned integers, then "%" or
+    "\\%" (dropped as a unit: "50%" is 50) and a full stop. Scientific notation, units and
+    expressions are None."""
     if len(text) > MAX_ANSWER_LENGTH:
         return None
-    match = _ANSWER.fullmatch(text.strip())
+    match = _ANSWER.fullmatch(text.strip().replace("\u2212", "-"))  # the minus sign "−" is a "-"
     if match is None:
         return None
     if match["decimal"] is not None:
@@ -226,6 +244,7 @@ def read_columns(file: Path, cfg: MathDatasetConfig) -> dict[str, list[Any]]:
 def file_tasks(file: Path, cfg: MathDatasetConfig) -> list[Task]:
     columns = read_columns(file, cfg)
     questions, solutions = columns[cfg.question_column], columns[cfg.answer_column]
+    refuse_float_answers(file, cfg.answer_column, solutions)
     column = cfg.category_column
     categories = [f"{column}={value}" for value in columns[column]] if column else ["all"] * len(questions)
     tasks, bad_rows = [], []
@@ -245,6 +264,16 @@ def file_tasks(file: Path, cfg: MathDatasetConfig) -> list[Task]:
         raise MathDataError(f"{len(bad_rows)} rows of {file} have no question in {cfg.question_column!r} or no "
                             f"numeric answer in {cfg.answer_column!r} (first rows: {bad_rows[:5]})")
     return tasks
+
+
+def refuse_float_answers(file: Path, column: str, answers: list[Any]) -> None:
+    """A float answer has lost its digits: str(0.1 * 3) is "0.30000000000000004", which no model
+    answer matches, and JSON reads an integer beyond int64 as a float (10**20 + 1 -> 1e+20)."""
+    rows = [row for row, answer in enumerate(answers) if isinstance(answer, float)]
+    if rows:
+        raise MathDataError(f"math dataset file {file} column {column!r} holds floating-point answers (rows "
+                            f"{rows[:5]}, e.g. {answers[rows[0]]!r}): floats lose digits (JSON reads integers beyond "
+                            f"int64 as floats too); write the answers as strings or integers")
 
 
 @register_task_source("math_dataset")

@@ -17,7 +17,8 @@ from envs.base import Task
 from envs.errors import EnvError
 from envs.registry import Registry
 
-_LEADING_INT = re.compile(r"\s*(-?\d+)")
+# The integer must end where the number does: "3.9", "3/4", "3,000" and "3e5" are not 3 ("3." is).
+_LEADING_INT = re.compile(r"\s*(-?\d+)(?![\d/]|[.,eE]\d)")
 _BARE_INT = re.compile(r"-?\d+")
 
 
@@ -46,8 +47,16 @@ def parse_leading_int(text: str) -> int | None:
 
 @register_reward("correctness")
 def correctness(task: Task, completion: str, info: Mapping[str, Any]) -> float:
-    """1 when the completion's leading integer equals the task's numeric answer."""
-    return float(parse_leading_int(completion) == int(task.answer))
+    """1 when the completion's leading integer equals the task's integer answer."""
+    return float(parse_leading_int(completion) == _integer_answer(task))
+
+
+def _integer_answer(task: Task) -> int:
+    try:
+        return int(task.answer)
+    except ValueError:
+        raise EnvError(f"correctness: task {task.task_id!r} has the answer {task.answer!r}, not an integer; "
+                       f"use the math_answer reward for other numbers") from None
 
 
 @register_reward("format")

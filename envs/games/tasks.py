@@ -4,8 +4,8 @@ in a mix of opponents, who the opponent is).
 Task ids are `{game}/seat{seat}/seed{seed}`, categories `seat0` and `seat1` (the seat the
 policy plays against an opponent, where the first mover's advantage makes them two levels of
 difficulty; self-play envs ignore the seat). With `opponents` (a training mix, for an env with
-`opponent: task`) each training task also names its opponent, and the categories are
-`self` and `{opponent}/seat{seat}`: what the curriculum chooses among. The held-out games use
+`opponent: task`) each task also names its opponent, and the categories are `self` and
+`{opponent}/seat{seat}`: what the curriculum chooses among. The held-out games use
 seeds 0.. and training seeds come from a range far above them, so a training task is never an
 eval task. Tasks carry no prompt: the env renders the position from the metadata.
 """
@@ -33,8 +33,9 @@ class GameTaskConfig(BaseModel):
     game: Literal["tictactoe", "kuhn_poker"] = "tictactoe"
     """The game of every task; the env checks that it plays the same one."""
     eval_games: int = Field(120, ge=2, le=MAX_EVAL_GAMES)
-    """Held-out games, half in each seat, seeds 0..eval_games/2 - 1. 120 gives each of Kuhn
-    poker's 6 deals (seed % 6) 10 times per seat, so the eval averages over deals exactly."""
+    """Held-out games, half in each seat, seeds 0..eval_games/2 - 1 (with `opponents`: against
+    each fixed opponent). 120 gives each of Kuhn poker's 6 deals (seed % 6) 10 times per seat,
+    so the eval averages over deals exactly."""
     opponents: list[str] = []
     """The training mix: "self" (self-play) and OPPONENTS names, one category each (per seat for a
     fixed opponent). Empty: tasks name no opponent (the env has its own)."""
@@ -56,7 +57,7 @@ def game_task(game: str, seat: int, seed: int, opponent: str | None = None) -> T
         return Task(task_id=f"{game}/seat{seat}/seed{seed}", category=f"seat{seat}", prompt="", answer="",
                     metadata={"game": game, "seat": seat, "seed": seed})
     category = opponent if opponent == "self" else f"{opponent}/seat{seat}"
-    return Task(task_id=f"{game}/{category}/seed{seed}", category=category, prompt="", answer="",
+    return Task(task_id=f"{game}/{opponent}/seat{seat}/seed{seed}", category=category, prompt="", answer="",
                 metadata={"game": game, "seat": seat, "seed": seed, "opponent": opponent})
 
 
@@ -84,5 +85,10 @@ class GameTasks:
         return game_task(self.config.game, seat, seed, opponent)
 
     def eval_tasks(self) -> list[Task]:
+        """Seeds 0..eval_games/2 - 1 in each seat, against each fixed opponent of the mix (self-play
+        measures no strength), or self-play where the mix has no other: an env with `opponent: task`
+        plays each task's opponent, a fixed-opponent eval env (`eval.envs`) ignores it."""
         per_seat = self.config.eval_games // len(SEATS)
-        return [game_task(self.config.game, seat, seed) for seed in range(per_seat) for seat in SEATS]
+        opponents = [name for name in self.config.opponents if name != "self"] or self.config.opponents or [None]
+        return [game_task(self.config.game, seat, seed, opponent)
+                for opponent in opponents for seed in range(per_seat) for seat in SEATS]

@@ -142,7 +142,14 @@ def test_a_direct_answer_without_a_call():
     assert result.metrics == {"accuracy": 1.0, "tool_call_rate": 0.0, "tool_calls": 0.0}
 
 
-@pytest.mark.parametrize("answer", ["935", "The answer is 936", "", "9 3 6"])
+@pytest.mark.parametrize("answer", ["The answer is 936", "347 + 589 = 936.", "-1 + 937 = 936"])
+def test_the_last_number_is_the_answer(answer):
+    env = CalculatorEnv(tool_bonus={"c0": 0.0})
+    (final,) = episode(env, answer)
+    assert final.reward_parts == {"correctness": 1.0, "tool_bonus": 0.0}
+
+
+@pytest.mark.parametrize("answer", ["935", "", "9 3 6", "936/2", "1,936", "936 or 935", "936.5", "936e1"])
 def test_a_wrong_answer_earns_only_the_bonus(answer):
     env = CalculatorEnv(tool_bonus={"c0": 0.5})
     _, final = episode(env, "<calc>347+589</calc>", answer)
@@ -173,11 +180,13 @@ def test_the_calls_limit_ends_the_episode_after_one_more_turn():
     texts = [r.observation.text for r in results[:3]]
     assert texts == ["<result>347</result>", "<result>936</result>", "<result>error: no calls left</result>"]
     final = results[3]
-    assert final.done  # graded although it is a call: it has no leading number
+    assert final.done  # graded although it is a call: its only number is the call's expression
     assert final.reward_parts == pytest.approx({"correctness": 0.0, "tool_bonus": 0.4})
     assert final.metrics == {"accuracy": 0.0, "tool_call_rate": 1.0, "tool_calls": 2.0}
     with pytest.raises(EpisodeStateError):
         env.step("936")
+    *_, final = episode(env, "<calc>1</calc>", "<calc>2</calc>", "<calc>3</calc>", "So 936 <calc>936+1")
+    assert final.reward_parts["correctness"] == 1.0  # the number outside the unclosed call
 
 
 def test_bonus_uses_the_final_turns_policy_version_and_caps_at_k():

@@ -71,6 +71,18 @@ def test_a_mix_of_opponents_is_a_category_each_and_the_env_plays_the_tasks_oppon
     assert result.observation.role == "o"  # self-play: the other seat is the policy's too
     first = env.reset(versus)
     assert first.role == "o" and first.text.count("x") == 1  # the random opponent opened as x
-    assert all(t.metadata.get("opponent") is None for t in source.eval_tasks())
     with pytest.raises(ValueError, match="opponent"):
         make_task_source("games", game="tictactoe", opponents=["grandmaster"])
+
+
+def test_the_eval_games_of_a_mix_are_against_its_fixed_opponents_and_reset_in_the_task_opponent_env():
+    from envs import make_env
+
+    held_out = GameTasks(game="tictactoe", opponents=["self", "random"], eval_games=20).eval_tasks()
+    assert Counter(t.category for t in held_out) == {"random/seat0": 10, "random/seat1": 10}  # self-play: no strength
+    env = make_env("tictactoe", opponent="task")
+    assert [env.reset(t).role for t in held_out] == ["x", "o"] * 10
+    only_self = GameTasks(game="tictactoe", opponents=["self"], eval_games=20).eval_tasks()
+    assert {t.metadata["opponent"] for t in only_self} == {"self"} and len({t.task_id for t in only_self}) == 20
+    assert Counter(t.metadata["seat"] for t in only_self) == {0: 10, 1: 10}  # a fixed-opponent eval env plays both
+    assert all(env.reset(t).role == "x" for t in only_self)  # self-play: the first mover's turn comes first

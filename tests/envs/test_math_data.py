@@ -50,6 +50,7 @@ SAMPLE = Path(__file__).parents[1] / "data" / "math_sample.jsonl"
     ("\\frac{1}{2}", "0.5"),
     ("\\dfrac{3}{4}", "0.75"),
     ("-\\frac{1}{3}", "-1/3"),
+    ("\u22123", "-3"),  # the minus sign
     ("1/1024", "0.0009765625"),
 ])
 def test_normalize_number(text, expected):
@@ -95,6 +96,16 @@ def test_extract_answer(text, expected):
     ("three quarters is 3/4", "3/4"),
     ("\\boxed{2", "2"),  # an unbalanced box is no answer; its number is the last number
     ("no digits", None),
+    ("The answer is \u22123", "\u22123"),
+    ("The answer is .5", ".5"),
+    ("not 1.5 but 2", "2"),
+    ("1,000 or 1,2", "1,000"),  # "1,2" is a list or a decimal comma: neither 1 nor 2
+    ("1 or 2e3", "1"),
+    ("#### 42 dollars", "42"),  # a marked answer that is no number gives its last number
+    ("#### The answer is 42", "42"),
+    ("\\boxed{42 \\text{ apples}}", "42"),
+    ("\\boxed{x = 42}", "42"),
+    ("\\boxed{\\frac{3}{4}}", "\\frac{3}{4}"),  # a number as a whole is kept whole
 ])
 def test_extract_answer_with_the_last_number_fallback(text, expected):
     assert extract_answer(text, last_number_fallback=True) == expected
@@ -105,7 +116,7 @@ def test_math_answer_reward():
     task = Task(task_id="math/x/0", category="all", prompt="?", answer="1500")
     for completion, expected in [("125 * 12 = 1,500\n#### 1,500", 1.0), ("\\boxed{1500.00}", 1.0),
                                  ("It pays $1,500.", 1.0), ("#### 1,501", 0.0), ("I don't know", 0.0),
-                                 ("#### fifteen hundred 1500", 0.0)]:
+                                 ("#### fifteen hundred 1500", 1.0), ("#### 1500 or 1501", 0.0)]:
         assert reward(task, completion, {}) == expected, completion
     with pytest.raises(EnvError, match="'math/x/0' has a non-numeric answer 'many'"):
         reward(Task(task_id="math/x/0", category="all", prompt="?", answer="many"), "1", {})
@@ -228,6 +239,23 @@ def test_rows_without_a_numeric_answer_name_the_file_and_rows(tmp_path):
     bad = write_jsonl(tmp_path / "bad.jsonl", rows)
     with pytest.raises(MathDataError, match=rf"3 rows of {re.escape(str(bad))} .* 'answer' \(first rows: \[1, 2, 3\]\)"):
         MathDatasetTasks(path=str(bad), eval_size=1)
+
+
+def test_float_answers_are_refused_naming_the_file_and_column(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    floats = tmp_path / "floats.parquet"
+    pq.write_table(pa.table({"question": ["a", "b"], "answer": pa.array([0.1 * 3, 2.0], pa.float64())}), floats)
+    with pytest.raises(MathDataError, match=re.escape(f"{floats} column 'answer' holds floating-point answers (rows "
+                                                      f"[0, 1], e.g. 0.30000000000000004)")) as excinfo:
+        MathDatasetTasks(path=str(floats), eval_size=1)
+    assert "write the answers as strings or integers" in str(excinfo.value)
+    # JSON reads an integer beyond int64 as a float, and so the whole column.
+    rows = [{"question": "a", "answer": 1}, {"question": "b", "answer": 10**20 + 1}]
+    beyond_int64 = write_jsonl(tmp_path / "big.jsonl", rows)
+    with pytest.raises(MathDataError, match=re.escape(f"{beyond_int64} column 'answer' holds floating-point answers")):
+        MathDatasetTasks(path=str(beyond_int64), eval_size=1)
 
 
 def test_an_empty_parquet_file_is_an_error_naming_it(tmp_path):

@@ -9,10 +9,22 @@ TASK = Task(task_id="add/23+45", category="carries=0", prompt="23+45=", answer="
 
 
 @pytest.mark.parametrize(
-    ("completion", "expected"), [("68", 1.0), (" 68", 1.0), ("68 1", 1.0), ("67", 0.0), ("680", 0.0), ("", 0.0), ("x68", 0.0)]
+    ("completion", "expected"), [("68", 1.0), (" 68", 1.0), ("68\n", 1.0), ("68 1", 1.0), ("68.", 1.0), ("67", 0.0),
+                                 ("680", 0.0), ("", 0.0), ("x68", 0.0)]
 )
 def test_correctness_reads_the_leading_integer(completion, expected):
     assert correctness(TASK, completion, {}) == expected
+
+
+@pytest.mark.parametrize("completion", ["68.9", "68/4", "68,000", "68e5", "68E5"])
+def test_correctness_wants_the_integer_to_end_where_the_number_does(completion):
+    assert correctness(TASK, completion, {}) == 0.0
+
+
+def test_correctness_refuses_a_non_integer_answer_by_name():
+    task = Task(task_id="gsm/7", category="all", prompt="?", answer="0.75")
+    with pytest.raises(EnvError, match="'gsm/7' has the answer '0.75', not an integer; use the math_answer reward"):
+        correctness(task, "0.75", {})
 
 
 def test_correctness_handles_negative_answers():
