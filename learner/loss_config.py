@@ -125,6 +125,14 @@ class PolicyLossConfig(_Frozen):
     clip_cov: ClipCovConfig | None = None
     kl_cov: KLCovConfig | None = None
 
+    @model_validator(mode="after")
+    def _bapo_has_a_ratio_to_adapt_to(self) -> PolicyLossConfig:
+        if isinstance(self.objective, BAPOConfig) and self.correction.mode == "decoupled":
+            raise ValueError("BAPO adapts its clipping bounds to the ratio the objective clips; with correction.mode "
+                             "'decoupled' that is pi / pi_prox, which is 1 on the one update each batch gets: "
+                             "use correction.mode 'tis' (staleness then enters through the truncated weight) or 'none'")
+        return self
+
     @property
     def aggregation_mode(self) -> AggregationMode:
         return self.aggregation or self.objective.default_aggregation

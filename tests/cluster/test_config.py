@@ -136,6 +136,8 @@ def test_set_overrides_are_typed_and_validated_like_the_file(tmp_path, capsys):
     (["learner.optim.betas=[.nan, 0.9]"], "learner.optim.betas: Value error, each of betas must be in [0, 1)"),
     (["learner.num_ranks=3", "learner.groups_per_step=2"], "groups_per_step (2) < num_ranks (3)"),
     (["loss.objective.eps_high=0.3"], "loss.objective: set loss.objective.name too"),
+    (["loss.objective.name=bapo", "loss.correction.mode=decoupled"],
+     "loss: Value error, BAPO adapts its clipping bounds to the ratio the objective clips"),
     (["env.name=single_turn", "env.params.reward=math_answer"],
      "env: Value error, env 'single_turn' has no parameter 'reward'; its parameters: rewards, reward_params, "
      "success_term"),
