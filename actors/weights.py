@@ -38,7 +38,10 @@ class WeightSubscriber:
         if self._pending is None and (force or time.monotonic() >= self._next_poll):
             self._next_poll = time.monotonic() + self._poll_every_s
             head = tuple(_get(self._channel.head.remote(), "the weight channel's head"))
-            if head != self.head and head[1] > 0:
+            # Any other head: a newer version, or version 0 of a new epoch (a learner restored without
+            # a checkpoint rewinds to the initial weights, which a worker on the lost timeline must load).
+            # Before the first publish the channel's head is (0, 0), the initial weights a worker holds.
+            if head != self.head:
                 self._pending = head
         return self._pending is not None
 
