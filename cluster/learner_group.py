@@ -35,6 +35,25 @@ class LearnerStalled(TimeoutError):
     """No learner step completed within the watchdog's time; the message says what each rank was doing."""
 
 
+def merge_rank_metrics(per_rank: list[dict]) -> dict:
+    """One record from the ranks' metrics: counts summed, a category's mean |A| weighted by its
+    groups on each rank (a rank with one group must not count as much as one with nine), the rest
+    averaged."""
+    merged = {}
+    for key in dict.fromkeys(k for m in per_rank for k in m):  # a category may be on some ranks only
+        present = [m for m in per_rank if isinstance(m.get(key), (int, float))]
+        if not present:
+            continue
+        if key in SUMMED_OVER_RANKS or key.startswith("signal_groups/"):
+            merged[key] = sum(m[key] for m in present)
+        elif key.startswith("signal/"):
+            weights = [m[f"signal_groups/{key[len('signal/'):]}"] for m in present]
+            merged[key] = sum(m[key] * w for m, w in zip(present, weights)) / max(sum(weights), 1)
+        else:
+            merged[key] = sum(m[key] for m in present) / len(present)
+    return merged
+
+
 class LearnerGroup:
     def __init__(self, make_rank, num_ranks: int, checkpoint_dir: Path, checkpoints: CheckpointConfig) -> None:
         self._make_rank = make_rank  # rank -> actor handle, placed and configured by the driver
@@ -73,14 +92,7 @@ class LearnerGroup:
     def step(self, watchdog_s: float) -> dict:
         """One update on every rank (the one begun, if any); the record merges the ranks' metrics."""
         refs, self._in_flight = self._in_flight or [r.train_step.remote() for r in self.ranks], None
-        per_rank = self._gather(refs, watchdog_s, "training a step")
-        merged = {}
-        for key in dict.fromkeys(k for m in per_rank for k in m):  # a category may be on some ranks only
-            values = [m[key] for m in per_rank if isinstance(m.get(key), (int, float))]
-            if values:
-                merged[key] = sum(values) if key in SUMMED_OVER_RANKS or key.startswith("signal_groups/") \
-                    else sum(values) / len(values)
-        return merged
+        return merge_rank_metrics(self._gather(refs, watchdog_s, "training a step"))
 
     def settle(self, watchdog_s: float) -> dict | None:
         """Finish an update begun and not collected (before a final checkpoint): its record, or None."""

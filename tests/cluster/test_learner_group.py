@@ -76,3 +76,15 @@ def test_a_restart_forgets_the_update_begun_on_the_old_ranks(group):
     group.restart()
     assert group.settle(10) is None
     assert group.step(10)["policy_version"] == 1  # the new ranks' first update
+
+
+def test_a_categorys_signal_is_weighted_by_its_groups_on_each_rank():
+    """The curriculum multiplies signal/<c> by signal_groups/<c>: the mean |A| must be over the
+    groups, not over the ranks (rank 0: one group at 1.0, rank 1: nine at 0.0 -> 0.1, not 0.5)."""
+    from cluster.learner_group import merge_rank_metrics
+
+    merged = merge_rank_metrics([{"signal/hard": 1.0, "signal_groups/hard": 1.0, "loss": 2.0},
+                                 {"signal/hard": 0.0, "signal_groups/hard": 9.0, "loss": 4.0, "signal/easy": 0.5,
+                                  "signal_groups/easy": 2.0}])
+    assert merged == {"signal/hard": 0.1, "signal_groups/hard": 10.0, "loss": 3.0, "signal/easy": 0.5,
+                      "signal_groups/easy": 2.0}
