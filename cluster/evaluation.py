@@ -70,12 +70,30 @@ class Evaluations:
                 self._running = None
                 return eval_record(self.cfg, results)
             except ray.exceptions.GetTimeoutError as e:
-                self._running = None
-                raise RunFailed(f"the evaluation of {running.what} did not end within {self.timeout_s:.0f}s") from e
+                raise self._overdue(running) from e
             except ray.exceptions.RayError as e:
                 if not worker_lost(e):
                     raise
                 running = self._retry(running, e)
+
+    def busy(self) -> list[Worker]:
+        """The workers whose evaluate() call is still running: they load no new weights until it ends."""
+        return [worker for worker, _ in self._pending()]
+
+    def wait_for_a_worker(self) -> None:
+        """Block until a busy worker's evaluate() call ends; past the evaluation's bound the run stops."""
+        refs = [ref for _, ref in self._pending()]
+        if refs and not ray.wait(refs, timeout=max(0.0, self._running.deadline - time.monotonic()))[0]:
+            raise self._overdue(self._running)
+
+    def _pending(self) -> list[tuple[Worker, object]]:
+        if self._running is None:
+            return []
+        return [(worker, ref) for _, worker, ref in self._running.calls if not ray.wait([ref], timeout=0)[0]]
+
+    def _overdue(self, running: _Running) -> RunFailed:
+        self._running = None
+        return RunFailed(f"the evaluation of {running.what} did not end within {self.timeout_s:.0f}s")
 
     def discard(self) -> None:
         """Forget the running evaluation (its weights belong to a timeline the run went back from)."""
@@ -105,10 +123,11 @@ class Evaluations:
 
 def eval_record(cfg: EvalConfig, results: dict[str, dict]) -> dict:
     """Each evaluation env's measures (keyed by its suffix): sampled (T=1) as `eval_<measure><suffix>`,
-    greedy as `eval_<measure><suffix>_greedy`, and the policy version they measured."""
+    greedy as `eval_<measure><suffix>_greedy`, and the policy version they measured as
+    `eval_policy_version<suffix>` (each env runs on its own worker, which may have loaded a newer one)."""
     record = {}
     for suffix, result in results.items():
-        record["eval_policy_version"] = result["policy_version"]
+        record[f"eval_policy_version{suffix}"] = result["policy_version"]
         for temperature, greedy in _variants(cfg):
             record |= {f"eval_{name}{suffix}{greedy}": value for name, value in result[str(temperature)].items()}
     return record

@@ -88,7 +88,7 @@ NOT_PLOTTED = ("eval_return", "eval_failed", "eval_tool_calls", "eval_chips")  #
 def eval_measures(records: list[dict]) -> list[str]:
     """The sampled-evaluation keys in the records (eval_accuracy, eval_tool_call_rate, ...)."""
     keys = {k for r in records for k in r if k.startswith("eval_") and isinstance(r[k], float)}
-    return sorted(k for k in keys if not k.endswith("_greedy") and k not in NOT_PLOTTED and k != "eval_policy_version")
+    return sorted(k for k in keys if not k.endswith("_greedy") and k not in NOT_PLOTTED and not k.startswith("eval_policy_version"))
 
 
 def plot_rewards(records: list[dict], path: Path, title: str) -> None:

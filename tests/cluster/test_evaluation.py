@@ -14,9 +14,9 @@ import pytest
 import ray
 
 from actors.rollout_worker import WorkerStopped
-from cluster.config import RunConfig
+from cluster.config import EvalConfig, RunConfig
 from cluster.errors import RunFailed
-from cluster.evaluation import Evaluations
+from cluster.evaluation import Evaluations, eval_record
 from cluster.worker_pool import WorkerPool
 from tests.cluster.conftest import stand_in_pool
 
@@ -108,3 +108,11 @@ def test_a_discarded_evaluation_is_never_recorded():
     evaluations.discard()
     time.sleep(0.5)
     assert evaluations.poll() == {} and evaluations.wait() == {}
+
+
+def test_each_eval_env_keeps_the_policy_version_it_measured():
+    """Eval envs run on different workers, which may have loaded different versions."""
+    results = {"": {"policy_version": 10, "1.0": {"accuracy": 0.5}},
+               "_hard": {"policy_version": 11, "1.0": {"accuracy": 0.2}}}
+    assert eval_record(EvalConfig(greedy=False), results) == {
+        "eval_policy_version": 10, "eval_accuracy": 0.5, "eval_policy_version_hard": 11, "eval_accuracy_hard": 0.2}
