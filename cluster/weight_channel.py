@@ -10,7 +10,9 @@ restored ones although their version number is lower.
 With the collective backend no weights go through the object store (the ref list is empty): the
 channel is then the directory of the learner's pair groups. Workers register the address where
 they host their group's store (`register_peer`), the driver reports dead ones (`peer_gone`), and
-the learner's broadcaster takes both (`peer_changes`); the learner publishes the weights'
+the learner's broadcaster takes both (`peer_changes`). Only a worker's latest address is kept: a
+worker registers a new one each time its group times out (every `timeout_s` while no learner is
+up), and a new learner must not try the dead ones first. The learner publishes the weights'
 manifest once (`set_manifest`), which the workers read to lay out what they receive.
 """
 
@@ -27,7 +29,7 @@ class WeightChannel:
         self._weights: list = []  # [ObjectRef] of the latest state dict (object store backend)
         self._published = False
         self._manifest: list | None = None
-        self._new_peers: list[tuple[str, str, int]] = []
+        self._new_peers: dict[str, tuple[str, int]] = {}  # worker name -> its latest address
         self._gone_peers: list[str] = []
 
     def publish(self, version: int, weights_ref: list, rewind: bool = False) -> tuple[int, int]:
@@ -51,17 +53,18 @@ class WeightChannel:
         return self._manifest
 
     def register_peer(self, name: str, host: str, port: int) -> None:
-        self._new_peers.append((name, host, port))
+        self._new_peers[name] = (host, port)
 
     def peer_gone(self, name: str) -> None:
+        self._new_peers.pop(name, None)
         self._gone_peers.append(name)
 
     def peer_changes(self) -> tuple[list[str], list[tuple[str, str, int]]]:
-        """(workers gone, workers registered) since the last call; a worker that registered and then
-        went is only in the first."""
+        """(workers gone, workers registered at their latest address) since the last call; a worker
+        that registered and then went is only in the first."""
         gone, new = self._gone_peers, self._new_peers
-        self._gone_peers, self._new_peers = [], []
-        return gone, [peer for peer in new if peer[0] not in gone]
+        self._gone_peers, self._new_peers = [], {}
+        return gone, [(name, host, port) for name, (host, port) in new.items()]
 
     def latest(self) -> tuple[int, int, list]:
         return self._epoch, self._version, self._weights
