@@ -245,10 +245,10 @@ def produce_on_policy(run: Run, num_groups: int) -> None:
     ended) is replaced and its share made by the others; its replacement joins once warmed up."""
     missing = num_groups
     for _ in range(3):
-        for note in run.workers.wait_for_one_ready(run.cfg.faults.start_timeout_s):
-            run.note(note)
-        syncs = [(w, w.handle.sync_weights.remote()) for w in run.workers.ready]
+        syncs = [(w, w.handle.sync_weights.remote()) for w in _free_workers(run)]
         workers = [w for w, ref in syncs if _answered(run, w, ref, CALL_TIMEOUT_S)]
+        if not workers:  # every one was lost while loading: the next attempt waits for their replacements
+            continue
         shares = [missing // len(workers) + (i < missing % len(workers)) for i in range(len(workers))]
         calls = [(w, k, w.handle.produce.remote(k)) for w, k in zip(workers, shares) if k]
         missing -= sum(k for w, k, ref in calls if _answered(run, w, ref, run.cfg.faults.watchdog_s))
@@ -257,11 +257,26 @@ def produce_on_policy(run: Run, num_groups: int) -> None:
     raise RunFailed(f"sync mode: {missing} of {num_groups} groups could not be produced after 3 attempts")
 
 
+def _free_workers(run: Run) -> list[Worker]:
+    """The ready workers that run no evaluation (one that does loads no new weights until it ends);
+    if every ready worker runs one, this waits for one to end."""
+    while True:
+        for note in run.workers.wait_for_one_ready(run.cfg.faults.start_timeout_s):
+            run.note(note)
+        busy = run.evaluations.busy()
+        free = [w for w in run.workers.ready if w not in busy]
+        if free:
+            return free
+        run.evaluations.wait_for_a_worker()
+
+
 def _answered(run: Run, worker: Worker, ref, timeout_s: float) -> bool:
     """Whether the worker's call ended well; a worker lost in it is replaced before this returns."""
     try:
         ray.get(ref, timeout=timeout_s)
         return True
+    except ray.exceptions.GetTimeoutError as e:  # alive but stuck: no other worker would do better
+        raise RunFailed(f"rollout worker {worker.name} did not answer within {timeout_s:.0f}s") from e
     except ray.exceptions.RayError as e:
         if not worker_lost(e):
             raise
