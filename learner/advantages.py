@@ -10,7 +10,6 @@ broadcasts each over its trajectory's tokens.
 
 from __future__ import annotations
 
-
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
