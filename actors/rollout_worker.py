@@ -353,6 +353,7 @@ class RolloutWorker:
                        *([self._quota[1]] if self._quota else []), *filter(None, map(_waiter_of, queued))]:
             if not future.done():
                 future.set_exception(error)
+        self.weights.close()  # a stopped worker registers no more for weights
         self.loop.close()
         self.replay.close()
         self._stopped.set()

@@ -36,6 +36,7 @@ class CollectiveReceiver:
         self._complete: tuple[tuple[int, int], dict[str, torch.Tensor]] | None = None
         self._lock = threading.Lock()
         self._failure: BaseException | None = None  # what ended the receiving thread
+        self._closed = threading.Event()
         self.connections = 0
         self._thread = threading.Thread(target=self._serve, name=f"{name}-weights", daemon=True)
         self._thread.start()
@@ -58,6 +59,13 @@ class CollectiveReceiver:
     def loaded(self, head: tuple[int, int]) -> None:
         self.head = head
 
+    def close(self, wait_s: float = 0.0) -> bool:
+        """Stop receiving and registering: the thread ends at its next bounded wait (a group's timeout,
+        a channel call). Returns whether it ended within `wait_s`."""
+        self._closed.set()
+        self._thread.join(timeout=wait_s)
+        return not self._thread.is_alive()
+
     def _serve(self) -> None:
         try:
             self._receive_versions()
@@ -69,22 +77,25 @@ class CollectiveReceiver:
     def _receive_versions(self) -> None:
         specs = self._manifest()
         buckets = plan(specs, self.bucket_bytes)
-        while True:
+        while not self._closed.is_set():
             try:
                 group = self._connect()
-                while True:
+                while not self._closed.is_set():
                     self._receive(group, specs, buckets)
             except (RuntimeError, TimeoutError) as e:  # the learner went away: wait for the next one
-                log.warning("%s: weight group closed (%s); registering again", self.name, str(e).splitlines()[0])
-                time.sleep(1.0)
+                if not self._closed.is_set():
+                    log.warning("%s: weight group closed (%s); registering again", self.name, str(e).splitlines()[0])
+                    self._closed.wait(1.0)
 
     def _manifest(self) -> list[TensorSpec]:
         deadline = time.monotonic() + FETCH_TIMEOUT_S * 10
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not self._closed.is_set():
             specs = ray.get(self._channel.manifest.remote(), timeout=FETCH_TIMEOUT_S)
             if specs is not None:
                 return [TensorSpec(name, tuple(shape), dtype) for name, shape, dtype in specs]
-            time.sleep(0.5)
+            self._closed.wait(0.5)
+        if self._closed.is_set():
+            return []  # closed while waiting: nothing to receive (the loop above does not start)
         raise TimeoutError("the learner published no weight manifest")
 
     def _connect(self):

@@ -54,6 +54,10 @@ class WeightSubscriber:
         self.head = head
         self._pending = None
 
+    def close(self, wait_s: float = 0.0) -> bool:
+        """Nothing runs in the background here (the collective receiver's `close` stops its thread)."""
+        return True
+
 
 def _as_tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     """Tensors over the object store's arrays, without a copy. The arrays are read-only, which

@@ -56,6 +56,8 @@ def test_a_worker_reconnects_to_a_new_learner_after_an_outage_of_several_timeout
         assert receiver.fetch()[0] == (0, 1)
     finally:
         broadcaster.close()
+        # its thread would go on registering after the module's Ray shut down, which kills the process
+        assert receiver.close(wait_s=TIMEOUT_S + 5)
 
 
 def test_a_dead_workers_address_does_not_hold_up_a_live_worker(channel):
@@ -67,3 +69,4 @@ def test_a_dead_workers_address_does_not_hold_up_a_live_worker(channel):
         assert _receives(receiver, within_s=1.5 * TIMEOUT_S)  # joining the ghost takes 3 * TIMEOUT_S to fail
     finally:
         broadcaster.close()
+        assert receiver.close(wait_s=3 * TIMEOUT_S + 5)
