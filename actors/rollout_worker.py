@@ -279,7 +279,7 @@ class RolloutWorker:
             return
         if room <= 0 or time.monotonic() < self._next_admission:
             return
-        categories = ray.get(self.admission.admit.remote(self.name, room, self.replay.size()), timeout=CALL_TIMEOUT_S)
+        categories = ray.get(self.admission.admit.remote(self.name, room), timeout=CALL_TIMEOUT_S)
         if not categories:
             self._next_admission = time.monotonic() + ADMISSION_RETRY_S
         for category in categories:

@@ -5,7 +5,11 @@ grants it while the groups waiting in the replay plus those being generated stay
 `(max_staleness + 1)` learner steps' worth (AReaL's bound on off-policyness, counted in groups).
 The learner consumes one step's worth per version, so a group waits at most `max_staleness`
 versions; the replay's own staleness bound evicts the rest. Counting what the replay holds (not
-what was ever produced) keeps the bound exact when groups are skipped, evicted or reused.
+what was ever produced) keeps the bound exact when groups are skipped, evicted or reused. The
+controller reads the replay's size itself, inside `admit`: calls to an actor run one at a time, so
+a group is counted in the replay or in flight (or briefly in both) when the next grant is made. A
+size read by the worker before its call could miss groups inserted meanwhile by others, whose room
+`done` had already freed, and the window overshot.
 
 Every grant carries the category of the task to draw, chosen by the run's curriculum, so that all
 workers sample from one distribution. The curriculum learns, after every learner step, from the
@@ -17,6 +21,7 @@ without any learning signal (all rewards equal: never stored, so never trained o
 from __future__ import annotations
 
 from collections import Counter
+from typing import Protocol
 
 import numpy as np
 import ray
@@ -24,22 +29,26 @@ import ray
 from envs import CurriculumConfig, make_curriculum
 
 
+class ReplaySize(Protocol):
+    def size(self) -> int: ...
+
+
 class AdmissionController:
     def __init__(self, groups_per_step: int, max_staleness: int, curriculum: CurriculumConfig,
-                 categories: list[str], seed: int) -> None:
+                 categories: list[str], seed: int, replay: ReplaySize) -> None:
         if groups_per_step <= 0 or max_staleness < 0:
             raise ValueError(f"groups_per_step={groups_per_step} must be > 0 and max_staleness={max_staleness} >= 0")
         self.window = (max_staleness + 1) * groups_per_step
+        self.replay = replay  # groups waiting in the replay: ReplayClient.size
         self.curriculum = make_curriculum(curriculum, categories)
         self.rng = np.random.default_rng(seed)
         self.in_flight: Counter[str] = Counter()  # worker -> groups admitted, not yet inserted or dropped
         self.counts: Counter[str] = Counter()  # admitted, stored, lost_in_flight (over the run)
         self.zero_signal: Counter[str] = Counter()  # category -> zero-signal groups since the last update
 
-    def admit(self, worker: str, num_groups: int, buffered: int) -> list[str | None]:
-        """Room for up to `num_groups` new groups, given `buffered` groups waiting in the replay:
-        one category per admitted group (None: any task)."""
-        room = self.window - buffered - sum(self.in_flight.values())
+    def admit(self, worker: str, num_groups: int) -> list[str | None]:
+        """Room for up to `num_groups` new groups: one category per admitted group (None: any task)."""
+        room = self.window - self.replay.size() - sum(self.in_flight.values())
         granted = max(0, min(num_groups, room))
         self.in_flight[worker] += granted
         self.counts["admitted"] += granted

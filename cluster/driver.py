@@ -200,7 +200,7 @@ def start_run(cfg: RunConfig, run_dir: Path, stack: ExitStack, progress: Progres
     learners.launch()
     stack.callback(learners.kill)
     admission = RemoteAdmissionController.remote(cfg.learner.groups_per_step, cfg.rollout.max_staleness,
-                                                 cfg.curriculum, categories, cfg.seed)
+                                                 cfg.curriculum, categories, cfg.seed, replay)
     workers = WorkerPool(start_worker, admission, cfg.mode == "async",
                          RestartBudget(cfg.faults.worker_restarts, cfg.faults.worker_restart_window_s),
                          on_ready=lambda w: record.add("rollout", w.name, w.handle, placement.rollout.request()),

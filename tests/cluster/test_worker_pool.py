@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 import ray
@@ -59,7 +60,7 @@ class Admitted:
     drain that outlasts its deadline), so the pool ends it with the groups still in flight."""
 
     def __init__(self, name: str, admission) -> None:
-        ray.get(admission.admit.remote(name, 3, 0))
+        ray.get(admission.admit.remote(name, 3))
 
     def stats(self) -> dict:
         return {}
@@ -83,7 +84,8 @@ def stop_all(pool: WorkerPool, monkeypatch) -> None:
 
 @pytest.mark.parametrize("stop", [scale_down, stop_all])
 def test_a_worker_stopped_with_groups_in_flight_frees_their_admission_room(stop, monkeypatch):
-    admission = RemoteAdmissionController.remote(4, 0, CurriculumConfig(), ["a"], 0)
+    admission = RemoteAdmissionController.remote(4, 0, CurriculumConfig(), ["a"], 0,
+                                                 SimpleNamespace(size=lambda: 0))  # the stand-ins store nothing
     pool = WorkerPool(lambda slot, name: Admitted.options(num_cpus=0).remote(name, admission), admission, True,
                       RestartBudget(3, 600.0))
     pool.start(1)

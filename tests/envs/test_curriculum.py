@@ -72,6 +72,13 @@ def test_dump_scores_by_hand():
     assert restored.scores() == dump.scores()
 
 
+class EmptyReplay:
+    """The learner of this test trains on every group at once: none waits in the replay."""
+
+    def size(self) -> int:
+        return 0
+
+
 class SimulatedLearner:
     """Two task categories: on `learnable` the success rate p rises with each group trained on it
     (p = min(0.9, 0.1 + 0.02 n)), on `unsolvable` every episode fails. A group of 8 episodes has
@@ -98,12 +105,12 @@ def test_the_curriculum_moves_to_the_category_that_can_be_learned(config):
     The numbers this test saw are in its assertion messages."""
     from cluster.admission import AdmissionController
 
-    admission = AdmissionController(16, 0, config, ["learnable", "unsolvable"], seed=1)
+    admission = AdmissionController(16, 0, config, ["learnable", "unsolvable"], seed=1, replay=EmptyReplay())
     learner = SimulatedLearner(0)
     start = admission.probabilities()
     history = []
     for _ in range(30):
-        categories = admission.admit("w0", 16, buffered=0)
+        categories = admission.admit("w0", 16)
         signals = [(c, learner.play(c)) for c in categories]
         zero = Counter(c for c, signal in signals if signal == 0.0)
         admission.done("w0", len(signals), len(signals) - sum(zero.values()), dict(zero))

@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from actors.config import EnvConfig, RolloutConfig
 from actors.rollout_worker import RemoteRolloutWorker
-from buffer import ReplayConfig, create_table, start_local_shards, stop_local_shards
+from buffer import ReplayClient, ReplayConfig, create_table, start_local_shards, stop_local_shards
 from cluster.admission import RemoteAdmissionController
 from cluster.demo_model import build_demo_model
 from cluster.warm_start import CalculatorWarmStart, DemoModelSettings
@@ -47,9 +47,9 @@ def services(tmp_path_factory):
 
 def _probe(model_path: str, env: EnvConfig, rollout: RolloutConfig, shard_urls: list[str], n: int) -> list[dict]:
     channel = WeightChannel.remote()
-    admission = RemoteAdmissionController.remote(8, 1, CurriculumConfig(), [], 0)
     replay = ReplayConfig(namespace=f"episodes-{uuid.uuid4().hex[:8]}")
     create_table(replay, shard_urls)
+    admission = RemoteAdmissionController.remote(8, 1, CurriculumConfig(), [], 0, ReplayClient(replay, shard_urls))
     worker = RemoteRolloutWorker.options(num_cpus=1).remote(
         "w0", model_path, rollout, env, replay, shard_urls, channel, admission, 0)
     try:
