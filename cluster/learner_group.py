@@ -91,8 +91,13 @@ class LearnerGroup:
 
     def step(self, watchdog_s: float) -> dict:
         """One update on every rank (the one begun, if any); the record merges the ranks' metrics."""
-        refs, self._in_flight = self._in_flight or [r.train_step.remote() for r in self.ranks], None
-        return merge_rank_metrics(self._gather(refs, watchdog_s, "training a step"))
+        if self._in_flight is None:
+            self.begin_step()
+        # Forgotten only once collected: an interrupt during the wait leaves it for settle(), which
+        # records it before the final checkpoint (the checkpoint holds the update either way).
+        record = merge_rank_metrics(self._gather(self._in_flight, watchdog_s, "training a step"))
+        self._in_flight = None
+        return record
 
     def settle(self, watchdog_s: float) -> dict | None:
         """Finish an update begun and not collected (before a final checkpoint): its record, or None."""

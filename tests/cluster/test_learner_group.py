@@ -71,6 +71,18 @@ def test_settle_finishes_a_begun_update_and_a_checkpoint_waits_for_it(group):
     assert [saved for _, saved in _states(group)] == [[("step1", 1)], [("step1", 1)]]
 
 
+def test_an_update_interrupted_while_it_is_collected_is_settled_not_lost(group, monkeypatch):
+    """Ctrl-C while the driver waits for an update: the update goes on in the ranks, so the final
+    checkpoint holds it, and settle() must still return its record (it was dropped, and the resumed
+    run's versions ran one ahead of its steps)."""
+    with monkeypatch.context() as patch:
+        patch.setattr(ray, "wait", lambda *args, **kwargs: (_ for _ in ()).throw(KeyboardInterrupt()))
+        with pytest.raises(KeyboardInterrupt):
+            group.step(10)
+    assert group.settle(10)["policy_version"] == 1
+    assert [version for version, _ in _states(group)] == [1, 1]  # collected, not run again
+
+
 def test_a_restart_forgets_the_update_begun_on_the_old_ranks(group):
     group.begin_step()
     group.restart()
