@@ -50,6 +50,7 @@ class FaultRun:
     last_eval: float | None = None
     ledger: dict = field(default_factory=dict)
     leftover_after_resume: int | None = None  # driver kind: the dead driver's processes alive after the resume started
+    restored_from: int | None = None  # learner kind: the step of the newest checkpoint when the learner was killed
     worker_restarts: int = 0
     duplicate_steps: int = 0  # steps recorded more than once in metrics.jsonl (must be 0: rewinds drop them)
     wall_s: float = 0.0
@@ -109,12 +110,34 @@ def _wait_for_step(process: subprocess.Popen, run_root: Path, step: int, deadlin
     raise TimeoutError(f"step {step} not reached")
 
 
-def _recovered(kind: str, run_dir: Path, after_step: int, num_workers: int, num_shards: int) -> bool:
-    later = [r for r in _records(run_dir) if r.get("step", 0) > after_step and "reward_mean" in r]
+def _checkpoint_step(run_dir: Path) -> int:
+    """The step of the run's newest complete checkpoint (DeepSpeed names it in `latest` once it is
+    written); 0 if there is none."""
+    latest = run_dir / "checkpoints" / "latest"
+    return int(latest.read_text().strip().removeprefix("step")) if latest.is_file() else 0
+
+
+def _rewound_to(step: int, before: list[dict], now: list[dict]) -> bool:
+    """Whether the run went back to `step`: of the records written before the kill, those of the steps up
+    to it are still there and those of later steps were written anew (a record is known by its wall_s)."""
+    kept = {(r["step"], r.get("wall_s")) for r in now}
+    return all(((r["step"], r.get("wall_s")) in kept) == (r["step"] <= step) for r in before)
+
+
+def _recovered(kind: str, run_dir: Path, before: list[dict], num_workers: int, num_shards: int,
+               checkpoint_step: int | None = None) -> bool:
+    """Whether the run trained a step beyond every step recorded before the kill (`before`), and, for
+    the kind killed: a worker was replaced, every shard is up again, the learner went back to
+    `checkpoint_step` (the newest checkpoint when it was killed) and redid the steps since."""
+    records = _records(run_dir)
+    after_step = max(r.get("step", 0) for r in before)
+    later = [r for r in records if r.get("step", 0) > after_step and "reward_mean" in r]
     if kind == "worker":
         return any(r.get("workers/restarts", 0) >= 1 and r.get("workers/alive", 0) == num_workers for r in later)
     if kind == "shard":
         return any(r.get("replay/shards_up", 0) == num_shards for r in later)
+    if kind == "learner":
+        return bool(later) and checkpoint_step is not None and _rewound_to(checkpoint_step, before, records)
     return bool(later)
 
 
@@ -152,8 +175,10 @@ def run_with_fault(kind: str, steps: int, kill_step: int, seed: int, root: Path)
             victim.send_signal(signal.SIGKILL)
             killed_at = time.monotonic()
             # Recovered: a step beyond every step recorded before the kill (a restored learner
-            # first redoes the steps since its checkpoint).
-            last_step = max(r.get("step", 0) for r in _records(run_dir))
+            # first redoes the steps since its checkpoint, the newest when it died).
+            before = _records(run_dir)
+            if kind == "learner":
+                result.restored_from = _checkpoint_step(run_dir)
             if kind == "driver":
                 process.wait(timeout=30)
                 process = _train(config_path, log, resume=run_dir)
@@ -161,11 +186,11 @@ def run_with_fault(kind: str, steps: int, kill_step: int, seed: int, root: Path)
                 result.leftover_after_resume = sum(p.is_running() and p.status() != psutil.STATUS_ZOMBIE
                                                    for p in left_behind)
             while time.monotonic() < deadline and process.poll() is None:
-                if result.recover_s is None and _recovered(kind, run_dir, last_step, 2, 2):
+                if result.recover_s is None and _recovered(kind, run_dir, before, 2, 2, result.restored_from):
                     result.recover_s = time.monotonic() - killed_at
                 time.sleep(0.2)
             process.wait(timeout=max(deadline - time.monotonic(), 1))
-            if result.recover_s is None and _recovered(kind, run_dir, last_step, 2, 2):
+            if result.recover_s is None and _recovered(kind, run_dir, before, 2, 2, result.restored_from):
                 result.recover_s = time.monotonic() - killed_at
             return _finished(result, process, run_dir, steps, started)
         except Exception as e:  # a failed run is a result of the benchmark, not its end

@@ -93,5 +93,5 @@ def test_trl_summary_takes_medians_per_system_over_the_runs_that_reached_the_tar
 def test_median_ratio_takes_the_median_of_round_by_round_ratios():
     # rounds 2/1, 3/3, 8/2: ratios 2, 1, 4 -> median 2 (the ratio of medians would be 3/2)
     assert median_ratio([2.0, 3.0, 8.0], [1.0, 3.0, 2.0]) == 2.0
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="argument 2 is shorter"):
         median_ratio([1.0, 2.0], [1.0])  # every round has both sides

@@ -121,8 +121,10 @@ def test_scale_sets_the_desired_count(controller, capsys):
     assert ray.get(controller.desired_workers.remote()) == 5
     with pytest.raises(ValueError, match="got 0"):
         ray.get(controller.scale.remote(0))
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as refused:  # argparse's usage error: exit code 2, the reason on stderr
         _cli(status_cli.register, ["scale", "--rollout-workers", "0"])
+    assert refused.value.code == 2
+    assert "argument --rollout-workers: must be >= 1 (worker 0 also evaluates), got 0" in capsys.readouterr().err
     assert ray.get(controller.desired_workers.remote()) == 5
 
 

@@ -41,7 +41,7 @@ def test_sec_validates():
         SECCurriculum(["a"], alpha=0.0, tau=1.0)
     with pytest.raises(EnvError, match="unknown categories"):
         SECCurriculum(["a"], alpha=0.5, tau=1.0).update({"b": 1.0})
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, match=r"tau\s+Input should be greater than 0"):
         CurriculumConfig(kind="sec", tau=0.0)
 
 

@@ -18,7 +18,6 @@ from envs import (
     UnknownNameError,
     make_env,
 )
-from envs.rewards import correctness
 
 TASK = Task(task_id="add/23+45", category="carries=0", prompt="23+45=", answer="68")
 
@@ -171,8 +170,11 @@ def test_first_digit_rewards_the_first_character():
     assert env.step("").reward == 0.0
 
 
-def test_single_turn_reward_exact_correctness_matches_function():
+def test_single_turn_reward_is_exact_correctness():
+    """23+45: the leading integer must be 68 (leading whitespace allowed); a wrong or missing one scores 0."""
     env = make_env("arithmetic")
+    rewards = []
     for completion in ["68", "67", " 68", ""]:
         env.reset(TASK)
-        assert env.step(completion).reward == correctness(TASK, completion, {})
+        rewards.append(env.step(completion).reward)
+    assert rewards == [1.0, 0.0, 1.0, 0.0]

@@ -40,19 +40,30 @@ def test_categories_are_the_seats():
 
 
 def test_training_stream_is_seeded():
+    """One generator drives the whole stream: the same seed gives the same 20 tasks, another seed others."""
     source = GameTasks()
-    first = [source.sample(np.random.default_rng(7)).task_id for _ in range(3)]
-    assert first == [source.sample(np.random.default_rng(7)).task_id for _ in range(3)]
+
+    def stream(seed):
+        rng = np.random.default_rng(seed)
+        return [source.sample(rng).task_id for _ in range(20)]
+
+    assert stream(7) == stream(7)
+    assert stream(7) != stream(8)
 
 
-@pytest.mark.parametrize("params", [{"eval_games": 7}, {"eval_games": 0}, {"game": "chess"}, {"seats": 2}])
-def test_config_is_validated(params):
-    with pytest.raises(ValidationError):
+@pytest.mark.parametrize(("params", "message"), [
+    ({"eval_games": 7}, "eval_games must be even"),
+    ({"eval_games": 0}, r"eval_games\s+Input should be greater than or equal to 2"),
+    ({"game": "chess"}, r"game\s+Input should be 'tictactoe' or 'kuhn_poker'"),
+    ({"seats": 2}, r"seats\s+Extra inputs are not permitted"),
+])
+def test_config_is_validated(params, message):
+    with pytest.raises(ValidationError, match=message):
         GameTaskConfig(**params)
 
 
 def test_config_is_frozen():
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, match=r"eval_games\s+Instance is frozen"):
         GameTaskConfig().eval_games = 10
 
 

@@ -52,9 +52,13 @@ def test_engines_match_the_learner_after_collective_updates(run):
     assert records[-1]["policy_version"] == 6
     worker = run.workers.ready[0].handle
     assert ray.get(worker.sync_weights.remote()) == 6  # the broadcast version, loaded
-    probe = ray.get(worker.probe.remote(6))
+    probed = 6
+    probe = ray.get(worker.probe.remote(probed))
     recomputed = run.learners.call_rank0("recompute_logprobs", [p["token_ids"] for p in probe])
-    for sample, learner_logprobs in zip(probe, recomputed):
+    # probe() drops failed episodes, and an empty completion compares nothing: all were probed, each sampled
+    assert len(probe) == probed
+    for sample, learner_logprobs in zip(probe, recomputed, strict=True):
+        assert any(sample["loss_mask"])
         p = sample["prompt_len"]
         aligned = np.array(learner_logprobs[p - 1: p - 1 + len(sample["logprobs"])])
         np.testing.assert_allclose(np.array(sample["logprobs"]), aligned, atol=1e-3)

@@ -46,6 +46,8 @@ def services(tmp_path_factory):
 
 
 def _probe(model_path: str, env: EnvConfig, rollout: RolloutConfig, shard_urls: list[str], n: int) -> list[dict]:
+    """`n` episodes of one task each (probe() leaves out failed ones: here none may fail, or the checks on
+    them would pass on fewer, or none)."""
     channel = WeightChannel.remote()
     replay = ReplayConfig(namespace=f"episodes-{uuid.uuid4().hex[:8]}")
     create_table(replay, shard_urls)
@@ -53,9 +55,11 @@ def _probe(model_path: str, env: EnvConfig, rollout: RolloutConfig, shard_urls: 
     worker = RemoteRolloutWorker.options(num_cpus=1).remote(
         "w0", model_path, rollout, env, replay, shard_urls, channel, admission, 0)
     try:
-        return ray.get(worker.probe.remote(n), timeout=300)
+        probes = ray.get(worker.probe.remote(n), timeout=300)
     finally:
         ray.kill(worker)
+    assert len(probes) == n, f"{n - len(probes)} of {n} episodes failed"
+    return probes
 
 
 def _assert_logprob_parity(model_path: str, probes: list[dict]) -> None:
@@ -67,6 +71,7 @@ def _assert_logprob_parity(model_path: str, probes: list[dict]) -> None:
         recomputed = torch.log_softmax(logits, -1).gather(-1, ids[0, 1:, None])[:, 0].numpy()
         p = probe["prompt_len"]
         mask = np.array(probe["loss_mask"], bool)
+        assert mask.any()  # model tokens to compare
         completion = recomputed[p - 1:]  # completion token j is predicted at position p - 1 + j
         np.testing.assert_allclose(np.array(probe["logprobs"])[mask], completion[mask], atol=1e-3)
 

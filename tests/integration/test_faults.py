@@ -47,9 +47,12 @@ def test_a_killed_shard_is_restarted_on_its_data(root):
 
 
 def test_a_killed_learner_restarts_from_the_latest_checkpoint(root):
+    """Recovered (recover_s) means the metrics went back to the newest checkpoint at the kill (step 10 or
+    later: checkpoints every 10 steps, the kill after step 12): its records up to it kept, the later ones
+    trained again, and the run went on past the kill."""
     result = run_with_fault("learner", STEPS, KILL_STEP, 0, root)
     _assert_survived(result)
-    assert result.recover_s is not None
+    assert result.restored_from >= 10 and result.recover_s is not None, result
 
 
 def test_a_killed_driver_leaves_nothing_once_resumed(root):

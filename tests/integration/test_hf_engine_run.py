@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import ray
 
+from actors.rendering import make_renderer
 from cluster.config import load_config
 from cluster.demo_model import build_demo_model
 from cluster.driver import evaluate, learner_step, start_run
@@ -19,6 +20,20 @@ from cluster.warm_start import AdditionWarmStart, DemoModelSettings
 pytestmark = pytest.mark.integration
 
 STEPS = 4
+PROBED = 6  # tasks the parity probe samples
+FIRST_DIGITS = "12345"  # a second evaluation env, whose measure is far from 0 (exact correctness is near it)
+
+
+def _expected_first_digit_accuracy(live) -> tuple[float, float]:
+    """first_digit's expected sampled (T=1) accuracy on the held-out set, counted on the learner's weights
+    without the rollout worker (an episode succeeds when its first token is a target), and the standard
+    deviation of one pass's mean."""
+    tokenizer, renderer, env = live.tokenizer, make_renderer(live.tokenizer), live.cfg.env.build_env()
+    contexts = [renderer.first(env.reset(task)) for task in live.cfg.env.build_task_source().eval_tasks()]
+    targets = [tokenizer.convert_tokens_to_ids(digit) for digit in FIRST_DIGITS]
+    probabilities = live.learners.call_rank0("next_token_probabilities", contexts, [targets] * len(contexts))
+    success = np.sum(probabilities, axis=1)
+    return float(success.mean()), float(np.sqrt((success * (1 - success)).sum()) / len(success))
 
 
 def test_a_run_on_the_transformers_engine_trains_and_serves_the_new_weights(tmp_path):
@@ -27,7 +42,9 @@ def test_a_run_on_the_transformers_engine_trains_and_serves_the_new_weights(tmp_
     cfg = load_config(None, {
         "name": "hf-engine-test", "run_root": str(tmp_path / "runs"), "steps": STEPS, "model": {"path": str(model_path)},
         "rollout": {"num_workers": 1, "groups_in_flight": 4, "engine": {"kind": "transformers"}},
-        "learner": {"groups_per_step": 4}, "eval": {"greedy": False}, "ray": {"include_dashboard": False, "num_cpus": 4},
+        "learner": {"groups_per_step": 4}, "ray": {"include_dashboard": False, "num_cpus": 4},
+        "eval": {"greedy": False, "envs": [{"name": "arithmetic"}, {"name": "first_digit", "suffix": "_first_digit",
+                                                                  "params": {"targets": FIRST_DIGITS}}]},
     })
     run_dir = tmp_path / "runs" / "hf"
     run_dir.mkdir(parents=True)
@@ -36,14 +53,22 @@ def test_a_run_on_the_transformers_engine_trains_and_serves_the_new_weights(tmp_
         records = [learner_step(live) for _ in range(STEPS)]
         worker = live.workers.ready[0].handle
         assert ray.get(worker.sync_weights.remote()) == records[-1]["policy_version"] == STEPS
-        probe = ray.get(worker.probe.remote(6))
+        probe = ray.get(worker.probe.remote(PROBED))
         recomputed = live.learners.call_rank0("recompute_logprobs", [p["token_ids"] for p in probe])
         evaluation = evaluate(live)
+        expected, sd = _expected_first_digit_accuracy(live)
     assert all(r["groups"] == 4 and np.isfinite(r["loss"]) for r in records)
-    for sample, learner_logprobs in zip(probe, recomputed):
+    # probe() drops failed episodes, and a mask without model tokens compares nothing: all probed, each sampled
+    assert len(probe) == PROBED
+    for sample, learner_logprobs in zip(probe, recomputed, strict=True):
         assert sample["policy_version"] == STEPS
         mask = np.array(sample["loss_mask"], bool)
+        assert mask.any()
         completion = np.array(learner_logprobs)[sample["prompt_len"] - 1:]
         np.testing.assert_allclose(np.array(sample["logprobs"])[mask], completion[mask], atol=1e-3)
-    assert 0.0 <= evaluation["eval_accuracy"] <= 1.0 and evaluation["eval_policy_version"] == STEPS
+    # Each env's own measure: exact correctness is the arithmetic env's whole reward, so its accuracy is the
+    # mean return; first_digit's is the learner's own, within 4 standard deviations of its expected value.
+    assert evaluation["eval_policy_version"] == evaluation["eval_policy_version_first_digit"] == STEPS
+    assert evaluation["eval_failed"] == 0.0 and evaluation["eval_accuracy"] == evaluation["eval_return"]
+    assert abs(evaluation["eval_accuracy_first_digit"] - expected) <= 4 * sd, (expected, sd)
     assert not [key for key in evaluation if key.endswith("_greedy")]  # eval.greedy: false

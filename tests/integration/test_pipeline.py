@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import ray
 
+from actors.rendering import make_renderer
 from cluster.config import load_config
 from cluster.demo_model import build_demo_model
 from cluster.driver import checkpoint, evaluate, learner_step, start_run
@@ -21,6 +22,8 @@ from cluster.warm_start import AdditionWarmStart, DemoModelSettings
 pytestmark = pytest.mark.integration
 
 STEPS = 12
+PROBED = 6  # tasks the parity probe samples
+TARGETS = "12"  # first_digit's targets
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +33,7 @@ def run(tmp_path_factory):
         warm_start=AdditionWarmStart(clean_steps=40, noisy_steps=10)))
     cfg = load_config(None, {
         "name": "pipeline-test", "run_root": str(root / "runs"), "steps": STEPS, "model": {"path": str(model_path)},
-        "env": {"name": "first_digit", "params": {"targets": "12"}},
+        "env": {"name": "first_digit", "params": {"targets": TARGETS}},
         "rollout": {"num_workers": 2, "groups_in_flight": 4, "group_size": 8, "sampling": {"max_new_tokens": 4}},
         "learner": {"groups_per_step": 8, "optim": {"lr": 2e-3}},
         "replay": {"max_times_sampled": 1},
@@ -50,11 +53,28 @@ def run(tmp_path_factory):
         # Parity: the learner no longer steps, so its weights are the latest published version.
         evaluator = live.workers.ready[0].handle
         ray.get(evaluator.sync_weights.remote())
-        probe = ray.get(evaluator.probe.remote(6))
+        probe = ray.get(evaluator.probe.remote(PROBED))
         recomputed = live.learners.call_rank0("recompute_logprobs", [p["token_ids"] for p in probe])
         yield {"run_dir": run_dir, "records": records, "versions_seen": versions_seen, "worker_stats": worker_stats,
                "probe": probe, "recomputed": recomputed, "learner_version": records[-1]["policy_version"],
-               "eval": evaluate(live), "ledger": live.replay.audit()}
+               "eval": evaluate(live), "accuracy": _first_digit_accuracy(live),
+               "ledger": live.replay.audit()}
+
+
+def _first_digit_accuracy(live) -> dict[str, float]:
+    """first_digit's held-out accuracy counted without the rollout worker, from the learner's next-token
+    probabilities at each prompt (an episode succeeds when its first token is a target): greedy, the share
+    of prompts whose most likely token is one; sampled (T=1), its expected value and the standard
+    deviation of one pass's mean."""
+    tokenizer, renderer, env = live.tokenizer, make_renderer(live.tokenizer), live.cfg.env.build_env()
+    contexts = [renderer.first(env.reset(task)) for task in live.cfg.env.build_task_source().eval_tasks()]
+    vocabulary = list(range(len(tokenizer)))
+    is_target = np.array([tokenizer.decode([t], skip_special_tokens=True)[:1] in set(TARGETS) for t in vocabulary])
+    probabilities = np.array(live.learners.call_rank0("next_token_probabilities", contexts,
+                                                      [vocabulary] * len(contexts)))
+    success = probabilities[:, is_target].sum(axis=1)
+    return {"greedy": float(is_target[probabilities.argmax(axis=1)].mean()), "sampled": float(success.mean()),
+            "sampled_sd": float(np.sqrt((success * (1 - success)).sum()) / len(success))}
 
 
 def test_groups_from_both_workers_reach_the_learner_through_redis(run):
@@ -71,8 +91,11 @@ def test_worker_policy_versions_advance(run):
 
 
 def test_engine_logprobs_match_learner_after_weight_updates(run):
-    for sample, learner_logprobs in zip(run["probe"], run["recomputed"]):
+    # probe() drops failed episodes, and an empty completion compares nothing: all were probed, each sampled
+    assert len(run["probe"]) == PROBED
+    for sample, learner_logprobs in zip(run["probe"], run["recomputed"], strict=True):
         assert sample["policy_version"] == run["learner_version"] > 0
+        assert any(sample["loss_mask"])
         p = sample["prompt_len"]
         # learner_logprobs[t] is the logprob of token t + 1: completion token j sits at p - 1 + j
         aligned = np.array(learner_logprobs[p - 1: p - 1 + len(sample["logprobs"])])
@@ -86,7 +109,14 @@ def test_reward_goes_up_on_a_trivially_learnable_env(run):
 
 
 def test_evaluation_reports_the_envs_own_measure(run):
-    assert 0.0 <= run["eval"]["eval_accuracy"] <= 1.0 and run["eval"]["eval_policy_version"] == STEPS
+    """first_digit's accuracy: its reward is 1 exactly when an episode succeeds, so the sampled accuracy is
+    the mean return; both passes agree with the accuracy counted on the learner's weights (sampled: within
+    4 standard deviations of its expected value; greedy: an engine tie may flip a prompt or two)."""
+    evaluation, expected = run["eval"], run["accuracy"]
+    assert evaluation["eval_policy_version"] == STEPS and evaluation["eval_failed"] == 0.0
+    assert evaluation["eval_accuracy"] == evaluation["eval_return"]
+    assert abs(evaluation["eval_accuracy"] - expected["sampled"]) <= 4 * expected["sampled_sd"], expected
+    assert abs(evaluation["eval_accuracy_greedy"] - expected["greedy"]) <= 2 / 256, expected
 
 
 def test_learner_checkpoints_when_asked_and_keeps_the_newest(run):

@@ -21,6 +21,7 @@ from learner.batch import build_batch
 from learner.config import LearnerConfig
 from learner.engine import PolicyEngine
 from learner.learner_actor import Learner, NonFiniteLossError
+from learner.losses import clip_cov_selection
 from learner.loss_config import ClipCovConfig, PolicyLossConfig, SelfImitationConfig
 from learner.step import train_step
 
@@ -133,9 +134,37 @@ def test_without_self_imitation_the_step_is_the_plain_one(tiny_model, single_ran
 CLIP_COV = PolicyLossConfig(clip_cov=ClipCovConfig(fraction=0.5, cov_low=-5.0))
 
 
-def test_clip_cov_in_the_main_loss_stops_a_random_share_of_the_tokens(tiny_model, single_rank, replay, channel):
-    metrics = _learner(tiny_model, PLAIN, replay, channel, CLIP_COV).train_on(_samples(0))
-    assert metrics["step_applied"] == 1.0 and metrics["clip_cov_frac"] > 0
+def _clip_cov_step(tiny_model, replay, monkeypatch, seed: int) -> tuple[dict, list[tuple[torch.Tensor, ...]]]:
+    """One step of a learner seeded `seed`, with CLIP_COV in the main loss: its metrics, and for each
+    micro-batch the tokens Clip-Cov stopped and the loss mask it chose them from (recorded as chosen)."""
+    chosen = []
+
+    def recording(cov, unclipped, mask, cfg, generator):
+        stopped = clip_cov_selection(cov, unclipped, mask, cfg, generator)
+        chosen.append((stopped.clone(), mask > 0))
+        return stopped
+
+    monkeypatch.setattr("learner.losses.loss.clip_cov_selection", recording)
+    learner = _learner(tiny_model, PLAIN.model_copy(update={"seed": seed}), replay, WeightChannel.remote(), CLIP_COV)
+    return learner.train_on(_samples(0)), chosen
+
+
+def test_clip_cov_in_the_main_loss_stops_a_random_share_of_the_tokens(tiny_model, single_rank, replay, local_ray,
+                                                                      monkeypatch):
+    """fraction 0.5 of each micro-batch's masked tokens, only masked ones, chosen by the learner's seeded
+    generator. micro_batch_tokens=32 packs the 6 trajectories (7 positions, 5 masked) as 4 + 2, so
+    int(0.5 * 20) + int(0.5 * 10) = 15 of the 30 masked tokens are stopped."""
+    metrics, chosen = _clip_cov_step(tiny_model, replay, monkeypatch, seed=0)
+    assert metrics["step_applied"] == 1.0
+    assert [(int(stopped.sum()), int(mask.sum())) for stopped, mask in chosen] == [(10, 20), (5, 10)]
+    assert not any((stopped & ~mask).any() for stopped, mask in chosen)
+    assert metrics["clip_cov_frac"] == pytest.approx(15 / 30)
+
+    def tokens(selection):
+        return [stopped.nonzero().tolist() for stopped, _ in selection]
+
+    assert tokens(_clip_cov_step(tiny_model, replay, monkeypatch, seed=0)[1]) == tokens(chosen)
+    assert tokens(_clip_cov_step(tiny_model, replay, monkeypatch, seed=1)[1]) != tokens(chosen)
 
 
 def _described(entries) -> list[tuple]:
