@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from actors.engine_config import EngineConfig
 from actors.episode import EpisodeLimits
@@ -31,8 +31,12 @@ class EnvConfig(BaseModel):
     def _buildable(self) -> "EnvConfig":
         # Built once here, so that a bad name, parameter, file or column fails when the config
         # loads, not inside a rollout worker.
-        self.build_task_source()
-        self.build_env()
+        for field, build in (("task_params", self.build_task_source), ("params", self.build_env)):
+            try:
+                build()
+            except ValidationError as e:  # a component's own settings model: its keys sit under `field`
+                raise ValueError("; ".join(f"{field}.{'.'.join(map(str, error['loc']))}: {error['msg']}"
+                                           for error in e.errors())) from None
         return self
 
     def build_task_source(self):

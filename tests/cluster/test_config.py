@@ -29,6 +29,15 @@ def test_unknown_key_is_named(tmp_path):
     assert "Extra inputs are not permitted" in str(caught.value)
 
 
+def test_a_misspelt_task_source_setting_is_named_under_task_params(tmp_path):
+    """The math dataset's settings are a model of its own: its error must not read as a key of env."""
+    data = Path(__file__).parents[1] / "data" / "math_sample.jsonl"
+    text = (f"env:\n  name: single_turn\n  params: {{rewards: {{math_answer: 1.0}}}}\n  task_source: math_dataset\n"
+            f"  task_params: {{path: {data}, question_colum: problem}}\n")
+    with pytest.raises(ConfigError, match=r"env: .*task_params\.question_colum: Extra inputs are not permitted"):
+        load_config(_write(tmp_path, text))
+
+
 def test_wrong_type_is_named(tmp_path):
     with pytest.raises(ConfigError, match=r"learner\.groups_per_step") as caught:
         load_config(_write(tmp_path, "learner:\n  groups_per_step: many\n"))
