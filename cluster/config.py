@@ -116,6 +116,8 @@ class RunConfig(BaseModel):
     """Learner steps (optimizer updates) in the run."""
     seed: int = 0
     run_root: Path = Path("runs")
+    """Where run dirs go; relative to the current dir, `~` expanded on the machine that runs the driver
+    (so `tidal submit`'s default, ~/tidal-runs, is on the head node)."""
     model: ModelConfig = ModelConfig()
     env: EnvConfig = EnvConfig(inline_calls=True)
     """The demo's arithmetic is pure computation: its calls run inline (see EnvConfig.inline_calls)."""
@@ -141,6 +143,11 @@ class RunConfig(BaseModel):
         if not self.eval.envs:
             return [(self.env, "")]
         return [(self.env.model_copy(update={"name": e.name, "params": e.params}), e.suffix) for e in self.eval.envs]
+
+    @field_validator("run_root")
+    @classmethod
+    def _expand_home(cls, run_root: Path) -> Path:
+        return run_root.expanduser()
 
     @field_validator("replay", mode="before")
     @classmethod

@@ -109,11 +109,20 @@ def _reachable(address: str) -> None:
                                f"(within {REACH_TIMEOUT_S:.0f}s)") from e
 
 
+def _check_gcs_address(address: str) -> None:
+    """ray.init joins a cluster through its GCS: the dashboard URL that `tidal submit` takes cannot serve."""
+    if address.startswith(("http://", "https://")):
+        raise ControlError(f"--address {address} is a dashboard URL, which `tidal submit` takes; this command "
+                           "joins the cluster itself: pass its GCS address HOST:PORT (`ray start --head` prints "
+                           "it, port 6379 by default), or leave --address out on a node of the cluster ('auto')")
+
+
 def connect(address: str | None) -> None:
     """Join the cluster at `address` (None: the one this machine started) unless already connected."""
+    target = address or "auto"
+    _check_gcs_address(target)
     if ray.is_initialized():
         return
-    target = address or "auto"
     _reachable(target)
     use_cluster_token()  # a run's own cluster has Ray's token auth on: without the token every call is refused
     try:

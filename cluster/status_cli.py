@@ -12,6 +12,8 @@ from rich.table import Table
 from buffer.stats import PER_SHARD_KEY
 from cluster.control import RunStatus, find_controller
 
+GCS_ADDRESS_HELP = ("the Ray cluster's GCS address HOST:PORT, e.g. head:6379 (not the dashboard URL that submit "
+                    "takes; default: the cluster started on this machine)")
 
 
 def render_status(status: RunStatus, now: float | None = None) -> Table:
@@ -83,10 +85,10 @@ def _at_least_one(text: str) -> int:
 def register(subparsers) -> None:
     """Add `status` and `scale` to the `tidal` argparse subcommands."""
     status = subparsers.add_parser("status", help="show the live run's progress, metrics and replay totals")
-    status.add_argument("--address", help="Ray cluster address (default: the one started on this machine)")
+    status.add_argument("--address", help=GCS_ADDRESS_HELP)
     status.set_defaults(func=_status)
 
     scale = subparsers.add_parser("scale", help="resize the live run's rollout fleet")
     scale.add_argument("--rollout-workers", type=_at_least_one, required=True, metavar="N")
-    scale.add_argument("--address", help="Ray cluster address (default: the one started on this machine)")
+    scale.add_argument("--address", help=GCS_ADDRESS_HELP)
     scale.set_defaults(func=_scale)

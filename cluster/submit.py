@@ -12,11 +12,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import requests
 from ray.exceptions import AuthenticationError
 from ray.job_submission import JobSubmissionClient
 
@@ -25,6 +27,11 @@ from cluster.errors import ConfigError, ControlError
 # Never uploaded with the working dir: environments, history and run outputs (checkpoints are large).
 UPLOAD_EXCLUDES = [".venv", ".git", "runs", "**/__pycache__", "*.egg-info", ".pytest_cache"]
 DEFAULT_TOKEN_PATH = Path.home() / ".ray" / "auth_token"
+# A job runs in Ray's temporary copy of the working dir (runtime_resources/.../_ray_pkg_...), which Ray
+# deletes: a relative run_root there would lose the run's checkpoints and metrics. So a relative run_root
+# (the default `runs`) becomes this durable one, in the home dir of the node that runs the job's driver
+# (the head node), the way `tidal train` on that node keeps its runs; an absolute run_root is kept.
+CLUSTER_RUN_ROOT = "~/tidal-runs"
 
 
 class SubmitError(ControlError):
@@ -35,6 +42,7 @@ class SubmitError(ControlError):
 class JobSpec:
     entrypoint: str
     runtime_env: dict
+    run_root: str  # where the run's outputs go, on the cluster
 
 
 def find_auth_token(environ: Mapping[str, str] = os.environ) -> str | None:
@@ -72,19 +80,53 @@ def auth_headers(token: str | None) -> dict[str, str]:
 
 def make_job_client(address: str, environ: Mapping[str, str] = os.environ):
     """A JobSubmissionClient for the dashboard at `address`, authenticated when a token is available."""
+    if not address.startswith(("http://", "https://")):
+        raise SubmitError(f"--address {address}: tidal submit takes the cluster's dashboard URL, http://HOST:PORT "
+                          "(`ray start --head` serves it on port 8265); HOST:PORT alone is the GCS address, "
+                          "which tidal status and scale take")
     token = find_auth_token(environ)
     try:
         return JobSubmissionClient(address, headers=auth_headers(token))
-    except (AuthenticationError, ConnectionError, RuntimeError) as e:
-        if isinstance(e, ConnectionError):  # nothing answered: a token would not have helped
-            hint = "is the cluster's dashboard up at that address (`ray start --head` serves it on port 8265)?"
-        elif token:
-            hint = ("the cluster rejected the token: copy the head node's (`ray get-auth-token` there) to "
-                    "~/.ray/auth_token or RAY_AUTH_TOKEN")
-        else:
-            hint = ("if the cluster has token auth on, put its token (`ray get-auth-token` on the head node) in "
-                    "~/.ray/auth_token or RAY_AUTH_TOKEN")
+    except ConnectionError as e:  # nothing answered: a token would not have helped
+        raise SubmitError(f"cannot reach the Ray Jobs API at {address}: {_first_line(e)}; is the cluster's "
+                          "dashboard up at that address (`ray start --head` serves it on port 8265)?") from e
+    except AuthenticationError as e:  # Ray's own, for a 401 or 403: the only replies that concern the token
+        hint = ("the cluster rejected the token: copy the head node's (`ray get-auth-token` there) to "
+                "~/.ray/auth_token or RAY_AUTH_TOKEN" if token else
+                "if the cluster has token auth on, put its token (`ray get-auth-token` on the head node) in "
+                "~/.ray/auth_token or RAY_AUTH_TOKEN")
         raise SubmitError(f"cannot reach the Ray Jobs API at {address}: {_first_line(e)}; {hint}") from e
+    except (RuntimeError, ValueError, KeyError, requests.RequestException) as e:
+        # Something answered the version check, but not with a Ray version: a 404 or another error
+        # status (RuntimeError, HTTPError), or a page that is not Ray's JSON (ValueError, KeyError).
+        raise SubmitError(f"{address} does not look like a Ray dashboard: its /api/version answered "
+                          f"{_version_reply(e)}, not a Ray version; pass the cluster's dashboard URL "
+                          "(`ray start --head` serves it on port 8265)") from e
+
+
+def _version_reply(error: Exception) -> str:
+    if isinstance(error, requests.HTTPError) and error.response is not None:
+        return f"HTTP {error.response.status_code}"
+    if isinstance(error, (ValueError, KeyError)):
+        return "a page without one"
+    not_found = re.match(r"Version check returned (\d+)", str(error))
+    return f"HTTP {not_found[1]}" if not_found else _first_line(error)
+
+
+# Ray's SDK reports a refused request as "Request failed with status code N: BODY." where BODY is the
+# server's reply: a message, or a traceback whose last line is the error.
+_REQUEST_FAILED = re.compile(r"Request failed with status code (\d+): (.*)\.$", re.DOTALL)
+
+
+def _server_reply(error: Exception) -> str:
+    """'HTTP N: the server's message' for a refused request, else the error's first line."""
+    failed = _REQUEST_FAILED.match(str(error).strip())
+    if not failed:
+        return _first_line(error)
+    lines = [line.strip() for line in failed[2].splitlines() if line.strip()]
+    if not lines:
+        return f"HTTP {failed[1]}"
+    return f"HTTP {failed[1]}: {lines[-1] if lines[0].startswith('Traceback') else lines[0]}"
 
 
 def _first_line(error: Exception) -> str:
@@ -103,8 +145,9 @@ def validate_for_cluster(config_path: Path, model_on_cluster: bool):
     return cfg
 
 
-def job_spec(config_path: Path, working_dir: Path) -> JobSpec:
-    """Entrypoint and runtime env: the working dir is uploaded and the run starts from it."""
+def job_spec(config_path: Path, working_dir: Path, run_root: Path) -> JobSpec:
+    """Entrypoint and runtime env: the working dir is uploaded and the run starts from it; its outputs
+    go to `run_root` if absolute, else to CLUSTER_RUN_ROOT (never into Ray's temporary copy)."""
     working_dir, config = working_dir.resolve(), config_path.resolve()
     if not working_dir.is_dir():
         raise ConfigError(f"working dir {working_dir} does not exist")
@@ -115,24 +158,37 @@ def job_spec(config_path: Path, working_dir: Path) -> JobSpec:
                           "is uploaded, so put the config inside it") from e
     # `python -m cluster.cli` is `tidal`, but runs the uploaded code (the console script would run the
     # image's installed copy instead).
-    return JobSpec(entrypoint=f"python -m cluster.cli train {shlex.quote(relative.as_posix())}",
-                   runtime_env={"working_dir": str(working_dir), "excludes": list(UPLOAD_EXCLUDES)})
+    command = ["python", "-m", "cluster.cli", "train", relative.as_posix()]
+    if not run_root.is_absolute():
+        command += ["--set", f"run_root={CLUSTER_RUN_ROOT}"]  # quoted: config.py expands the `~` on the cluster
+    return JobSpec(entrypoint=shlex.join(command),
+                   runtime_env={"working_dir": str(working_dir), "excludes": list(UPLOAD_EXCLUDES)},
+                   run_root=str(run_root) if run_root.is_absolute() else CLUSTER_RUN_ROOT)
 
 
 def submit_run(config_path: Path, address: str, working_dir: Path = Path("."), *, model_on_cluster: bool = False,
-               job_id: str | None = None) -> str:
-    """Validate locally, then submit; returns the job id. A bad config fails before any network call."""
+               job_id: str | None = None) -> tuple[str, str]:
+    """Validate locally, then submit; returns the job id and where the run's dir will be (on the cluster).
+    A bad config fails before any network call."""
     cfg = validate_for_cluster(config_path, model_on_cluster)
-    spec = job_spec(config_path, working_dir)
+    spec = job_spec(config_path, working_dir, cfg.run_root)
     client = make_job_client(address)
-    return client.submit_job(entrypoint=spec.entrypoint, runtime_env=spec.runtime_env, submission_id=job_id,
-                             metadata={"tidal_run": cfg.name})
+    try:
+        job_id = client.submit_job(entrypoint=spec.entrypoint, runtime_env=spec.runtime_env,
+                                   submission_id=job_id, metadata={"tidal_run": cfg.name})
+    except (AuthenticationError, RuntimeError, requests.RequestException) as e:
+        raise SubmitError(f"the Ray Jobs API at {address} did not take the job: {_server_reply(e)}") from e
+    return job_id, f"{spec.run_root}/<date>-<time>-{cfg.name}"
 
 
 def _submit(args: argparse.Namespace) -> int:
-    job_id = submit_run(args.config, args.address, args.working_dir, model_on_cluster=args.model_on_cluster,
-                        job_id=args.job_id)
+    job_id, run_dir = submit_run(args.config, args.address, args.working_dir,
+                                 model_on_cluster=args.model_on_cluster, job_id=args.job_id)
+    moved = ("; run_root is relative, and a job runs in a temporary copy of the working dir: set an absolute "
+             "run_root to choose (on several nodes, a filesystem they all see)" if run_dir.startswith(CLUSTER_RUN_ROOT)
+             else "")
     print(f"submitted job {job_id} to {args.address}\n"
+          f"its outputs:      {run_dir} on the head node{moved}\n"
           f"follow its logs:  RAY_AUTH_MODE=token ray job logs --address {args.address} --follow {job_id}\n"
           f"its status:       RAY_AUTH_MODE=token ray job status --address {args.address} {job_id}\n"
           f"or the Jobs page of the dashboard at {args.address}")

@@ -5,13 +5,20 @@ temp dir, stopped by process group: `ray stop` would also stop a run that is liv
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
+import threading
 import time
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import requests
 from ray.job_submission import JobStatus
 
+from cluster.cli import main
+from cluster.config import load_config, parse_overrides
 from cluster.errors import ConfigError
 from cluster.submit import (SubmitError, auth_headers, find_auth_token, job_spec, make_job_client, register,
                             submit_run, validate_for_cluster)
@@ -39,14 +46,24 @@ def test_token_lookup_order(tmp_path):
 
 
 def test_job_spec_uploads_the_working_dir_and_runs_train(tmp_path):
-    spec = job_spec(EXAMPLE, REPO)
+    spec = job_spec(EXAMPLE, REPO, Path("/shared/tidal/runs"))
     assert spec.entrypoint == "python -m cluster.cli train configs/example-cluster.yaml"
+    assert spec.run_root == "/shared/tidal/runs"  # an absolute run_root is the config's own business
     assert spec.runtime_env["working_dir"] == str(REPO)
     assert {".venv", ".git", "runs"} <= set(spec.runtime_env["excludes"])
     outside = tmp_path / "run.yaml"
     outside.write_text("steps: 1\n")
     with pytest.raises(ConfigError, match="outside the working dir"):
-        job_spec(outside, REPO)
+        job_spec(outside, REPO, Path("runs"))
+
+
+def test_a_relative_run_root_goes_to_the_home_dir_not_rays_temporary_copy():
+    """A job runs in Ray's temporary copy of the working dir: relative outputs would be lost with it."""
+    spec = job_spec(EXAMPLE, REPO, Path("runs"))
+    assert spec.entrypoint == "python -m cluster.cli train configs/example-cluster.yaml --set 'run_root=~/tidal-runs'"
+    assert spec.run_root == "~/tidal-runs"
+    override = shlex.split(spec.entrypoint)[-1]  # as `train` gets it on the cluster, which expands the ~ there
+    assert load_config(None, parse_overrides([override])).run_root == Path.home() / "tidal-runs"
 
 
 def test_bad_config_fails_before_submission(tmp_path):
@@ -67,6 +84,114 @@ def test_unreachable_address_is_a_submit_error(tmp_path):
     with pytest.raises(SubmitError, match="cannot reach the Ray Jobs API at http://127.0.0.1:1") as caught:
         make_job_client(UNREACHABLE, {"RAY_AUTH_TOKEN_PATH": str(token_file(tmp_path, "t0ken"))})
     assert "dashboard up" in str(caught.value) and "token" not in str(caught.value)  # no one refused it
+
+
+# ---- what the user sees when the server is not a Ray dashboard, or refuses the job --------------
+
+RAY_VERSION = (200, json.dumps({"ray_version": "2.60.0", "version": "4"}))
+SECRET = "s3cret-t0ken-never-printed"
+
+
+class _Replies(BaseHTTPRequestHandler):
+    def _reply(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.server.received.append((self.command, self.path, body))
+        status, text = next((reply for (method, prefix), reply in self.server.replies.items()
+                             if method == self.command and self.path.startswith(prefix)), (404, "Not Found"))
+        data = text.encode()
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = do_PUT = _reply
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@contextmanager
+def fake_server(replies: dict[tuple[str, str], tuple[int, str]]):
+    """An HTTP server answering (method, path prefix) with (status, body), 404 to anything else; yields
+    its URL and the requests it got, (method, path, body)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Replies)
+    server.replies, server.received = replies, []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", server.received
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _tidal_submit(tmp_path, monkeypatch, capsys, url: str, config: str = "ray:\n  address: auto\nsteps: 1\n"):
+    """`tidal submit` of a small config, as the user runs it: (exit code, stdout, stderr)."""
+    monkeypatch.setenv("RAY_AUTH_TOKEN", SECRET)
+    (tmp_path / "run.yaml").write_text(config)
+    code = main(["submit", str(tmp_path / "run.yaml"), "--address", url, "--working-dir", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert SECRET not in out + err
+    return code, out, err
+
+
+@pytest.mark.parametrize("version_reply, answered", [
+    (None, "HTTP 404"),  # e.g. another web server: a 404 is not about the token
+    ((502, "Bad Gateway"), "HTTP 502"),
+    ((200, "<html>a router's login page</html>"), "a page without one"),
+])
+def test_not_a_ray_dashboard_is_named_and_not_blamed_on_the_token(tmp_path, monkeypatch, capsys, version_reply,
+                                                                   answered):
+    replies = {("GET", "/api/version"): version_reply} if version_reply else {}
+    with fake_server(replies) as (url, _):
+        code, out, err = _tidal_submit(tmp_path, monkeypatch, capsys, url)
+    assert code == 1 and not out
+    assert err == (f"tidal: {url} does not look like a Ray dashboard: its /api/version answered {answered}, not a "
+                   "Ray version; pass the cluster's dashboard URL (`ray start --head` serves it on port 8265)\n")
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_only_an_auth_refusal_mentions_the_token(tmp_path, monkeypatch, capsys, status):
+    with fake_server({("GET", "/api/version"): (status, "Unauthorized")}) as (url, _):
+        code, _, err = _tidal_submit(tmp_path, monkeypatch, capsys, url)
+    assert code == 1
+    assert err.startswith(f"tidal: cannot reach the Ray Jobs API at {url}: Authentication")
+    assert "the cluster rejected the token: copy the head node's" in err
+
+
+def test_a_gcs_address_is_refused_with_the_dashboard_form(tmp_path, monkeypatch, capsys):
+    code, _, err = _tidal_submit(tmp_path, monkeypatch, capsys, "127.0.0.1:6379")
+    assert code == 1
+    assert "tidal: --address 127.0.0.1:6379: tidal submit takes the cluster's dashboard URL, http://HOST:PORT" in err
+
+
+@pytest.mark.parametrize("status, body, message", [
+    (500, "No available agent to submit job, please try again later.",
+     "HTTP 500: No available agent to submit job, please try again later."),
+    (400, "Traceback (most recent call last):\n  File \"job_head.py\", line 1, in submit_job\n"
+          "ValueError: Job with submission_id tidal-1 already exists.",
+     "HTTP 400: ValueError: Job with submission_id tidal-1 already exists."),
+])
+def test_a_refused_submission_is_one_line_naming_the_address_and_the_servers_message(
+        tmp_path, monkeypatch, capsys, status, body, message):
+    replies = {("GET", "/api/version"): RAY_VERSION, ("GET", "/api/packages/"): (200, ""),  # the upload exists
+               ("POST", "/api/jobs/"): (status, body)}
+    with fake_server(replies) as (url, _):
+        code, out, err = _tidal_submit(tmp_path, monkeypatch, capsys, url)
+    assert code == 1 and not out
+    assert err == f"tidal: the Ray Jobs API at {url} did not take the job: {message}\n"
+
+
+def test_submit_says_where_the_outputs_go(tmp_path, monkeypatch, capsys):
+    replies = {("GET", "/api/version"): RAY_VERSION, ("GET", "/api/packages/"): (200, ""),
+               ("POST", "/api/jobs/"): (200, json.dumps({"job_id": None, "submission_id": "raysubmit_1"}))}
+    with fake_server(replies) as (url, received):
+        code, out, _ = _tidal_submit(tmp_path, monkeypatch, capsys, url, "name: mine\nray:\n  address: auto\n")
+    assert code == 0
+    assert ("its outputs:      ~/tidal-runs/<date>-<time>-mine on the head node; run_root is relative, and a job "
+            "runs in a temporary copy of the working dir: set an absolute run_root to choose") in out
+    [submitted] = [json.loads(body) for method, path, body in received if method == "POST"]
+    assert submitted["entrypoint"] == "python -m cluster.cli train run.yaml --set 'run_root=~/tidal-runs'"
 
 
 # ---- a real head node with token auth ---------------------------------------------------------
@@ -123,6 +248,7 @@ def test_submit_command_uploads_and_train_validates_on_the_cluster(head, monkeyp
     assert args.func(args) == 0
     printed = capsys.readouterr().out
     job_id = printed.split()[2]  # "submitted job <id> to <url>"
+    assert "its outputs:      /shared/tidal/runs/<date>-<time>-cluster-example on the head node\n" in printed
     assert f"ray job logs --address {url} --follow {job_id}" in printed
     assert find_auth_token(environ) not in printed
     client = make_job_client(url, environ)
