@@ -46,6 +46,7 @@ class GroupRun:
     resets_pending: int
     inline: bool  # env calls on the loop's thread instead of the env-call threads
     first_tokens: dict[str, list[int]] = field(default_factory=dict)  # rendered first observations, by content
+    over_budget: int = 0  # episodes whose first observation left no room to generate (PromptOverBudget)
 
 
 class EpisodeLoop:
@@ -156,6 +157,7 @@ class EpisodeLoop:
             if len(context) >= self.budget:  # not a run of bad luck, as a long episode is: a setting to change
                 for index in indices:  # counted where env errors are, so that status and metrics show it
                     self.errors.record(group.episodes[index].env.name, "PromptOverBudget")
+                group.over_budget += len(indices)
                 self._finish_all(group, indices, "error", f"the first observation is {len(context)} tokens, which "
                                  f"leaves no room to generate under the budget of {self.budget} (rollout.limits."
                                  "max_tokens, rollout.engine.max_model_len)")

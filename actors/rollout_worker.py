@@ -42,10 +42,39 @@ from envs import EpisodeErrorCounter, SafeEnv, Task
 log = logging.getLogger(__name__)
 CALL_TIMEOUT_S = 60.0  # actor calls to the run's small control actors (admission)
 ADMISSION_RETRY_S = 0.02  # after a refusal, ask again this much later (the loop keeps stepping meanwhile)
+PROMPT_CHECK_GROUPS = 8  # a worker stops once this many groups failed with every prompt over the budget, none fitting
 
 
 class WorkerStopped(RuntimeError):
     """The worker's engine thread ended (stopped, or failed: the message says which)."""
+
+
+class PromptsOverBudget(WorkerStopped):
+    """No prompt the worker tried left room to generate: a setting to change (rollout.engine.max_model_len,
+    rollout.limits.max_tokens) that a replacement would run into too, so the pool stops the run with it."""
+
+
+class PromptBudgetWatch:
+    """Stops a worker whose groups all fail with their prompts over the token budget, at once, instead
+    of the learner waiting out its sample timeout for groups that never come. Only until the first
+    group that generated: a dataset with a few long prompts is not stopped by them."""
+
+    def __init__(self, worker: str, limit: int = PROMPT_CHECK_GROUPS) -> None:
+        self.worker, self.limit = worker, limit
+        self.over_budget = 0  # groups whose every prompt was over the budget
+        self.fits = False  # a group generated: prompts can fit, the watch is over
+
+    def saw(self, run: GroupRun) -> None:
+        if self.fits:
+            return
+        if any(not e.failed for e in run.episodes):
+            self.fits = True
+        elif run.over_budget == len(run.episodes):
+            self.over_budget += 1
+            if self.over_budget >= self.limit:
+                raise PromptsOverBudget(f"rollout worker {self.worker}: {self.over_budget} of its tasks had prompts "
+                                        f"that left no room to generate, and none has fitted yet: "
+                                        f"{run.episodes[0].error}")
 
 
 @dataclass
@@ -96,6 +125,8 @@ class RolloutWorker:
         self.name = name
         self.engine = make_engine(model_path, cfg.engine, seed=seed)
         self.errors = EpisodeErrorCounter()
+        self.prompt_watch = PromptBudgetWatch(name)
+        self._last_episode_error: str | None = None  # an example for the counts in `errors`, in stats()
         self.loop = EpisodeLoop(self.engine, make_renderer(AutoTokenizer.from_pretrained(model_path)), cfg.limits,
                                 self.errors)
         self.tasks = env_cfg.build_task_source()
@@ -131,7 +162,7 @@ class RolloutWorker:
         self._post(("produce", None))
         self._stopped.wait()
         if self._failure is not None:
-            raise WorkerStopped(f"{self.name}: {type(self._failure).__name__}: {self._failure}") from self._failure
+            raise self._stop_error(f"{self.name}: {type(self._failure).__name__}: {self._failure}")
         return self.stats()
 
     def produce(self, num_groups: int, timeout_s: float = 600.0) -> int:
@@ -182,13 +213,22 @@ class RolloutWorker:
         return {**self._counters, "name": self.name, "policy_version": self.weights.version,
                 "weight_sync_last_s": self._last_weight_sync_s,
                 "groups_in_flight": self._training_groups, "env_threads_lost": self.loop.calls.lost_threads,
-                "episode_errors": self.errors.snapshot()}
+                "episode_errors": self.errors.snapshot(), "last_episode_error": self._last_episode_error}
 
     def _post(self, job) -> None:
         with self._post_lock:
             if not self._accepting:
-                raise WorkerStopped(f"{self.name} has stopped" + (f": {self._failure}" if self._failure else ""))
+                raise self._stop_error(f"{self.name} has stopped" + (f": {self._failure}" if self._failure else ""))
             self._jobs.put(job)
+
+    def _stop_error(self, text: str) -> WorkerStopped:
+        """What callers get once the engine thread has ended. A failure that is a WorkerStopped itself
+        (PromptsOverBudget) goes as it is: the pool must see its type, not restart the worker."""
+        if isinstance(self._failure, WorkerStopped):
+            return self._failure
+        error = WorkerStopped(text)
+        error.__cause__ = self._failure  # as `raise ... from`: the traceback shows the failure
+        return error
 
     def _wait(self, future: cf.Future, timeout_s: float, what: str):
         try:
@@ -325,12 +365,16 @@ class RolloutWorker:
             if left - stored <= 0 and self._training_groups == 0:
                 self._quota = None
                 future.set_result(self._counters["groups"])
+        for run in runs:  # after the accounting above: a worker that stops here owes no acknowledgement
+            self.prompt_watch.saw(run)
 
     def _group(self, run: GroupRun) -> Group | None:
         """The group of a finished run; episodes that failed (env error, timeout) are left out, and
         a group needs two trajectories left to have a baseline."""
         for episode in run.episodes:
             self._counters[f"finish/{episode.finish_reason}"] += 1
+            if episode.failed and episode.error:
+                self._last_episode_error = episode.error
         trajectories = [t for e in run.episodes if not e.failed for t in e.trajectories()]
         if len(trajectories) < 2:
             self._counters["dropped_groups"] += 1
@@ -348,7 +392,7 @@ class RolloutWorker:
         queued = []
         while not self._jobs.empty():
             queued.append(self._jobs.get_nowait())
-        error = WorkerStopped(f"{self.name} stopped" + (f": {self._failure}" if self._failure else ""))
+        error = self._stop_error(f"{self.name} stopped" + (f": {self._failure}" if self._failure else ""))
         for future in [*(waiter for _, waiter in self._weight_waiters), *(j.future for j in self._episode_jobs),
                        *([self._quota[1]] if self._quota else []), *filter(None, map(_waiter_of, queued))]:
             if not future.done():

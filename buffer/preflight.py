@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 
 import redis
 
-from buffer.errors import ShardAuthError, ShardRefusedError, ShardTimeoutError
+from buffer.errors import ShardAuthError, ShardRefusedError, ShardTimeoutError, ShardUnavailable
 
 CONNECT_TIMEOUT_S = 3.0
 
@@ -29,7 +29,8 @@ def connect_checked(url: str, password: str | None, timeout_s: float = CONNECT_T
     except (redis.AuthenticationError, redis.ResponseError) as e:
         conn.close()
         if isinstance(e, redis.ResponseError) and not ("NOAUTH" in str(e) or "WRONGPASS" in str(e)):
-            raise
+            raise ShardUnavailable(f"replay shard {shard_address(url)} refused PING (not a Redis server, or one "
+                                   f"that forbids it?): {e}") from e
         if password is None:
             raise ShardAuthError(f"replay shard {shard_address(url)} requires a password (set replay.password or "
                                  f"TIDAL_REDIS_PASSWORD)") from e
@@ -43,6 +44,10 @@ def connect_checked(url: str, password: str | None, timeout_s: float = CONNECT_T
             raise ShardTimeoutError(f"replay shard {shard_address(url)} did not answer within {timeout_s}s") from e
         raise ShardRefusedError(f"replay shard {shard_address(url)} refused the connection (is redis-server "
                                 f"running there?): {e}") from e
+    except redis.RedisError as e:  # something answered, but not as Redis does (an HTTP server, a wrong port)
+        conn.close()
+        raise ShardUnavailable(f"replay shard {shard_address(url)} answered, but not as Redis does (not a Redis "
+                               f"server?): {type(e).__name__}: {e}") from e
     return conn
 
 

@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from buffer import ConfigMismatchError, InsecureShardError, ShardUnavailable
 from cluster import replay_cli, status_cli, submit
 from cluster.errors import ConfigError, ControlError, RunFailed
 
@@ -70,6 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tidal: {e}", file=sys.stderr)
         return 2
     except (ControlError, RunFailed) as e:
+        print(f"tidal: {e}", file=sys.stderr)
+        return 1
+    # The replay's errors that the user's setup causes (a shard down or not Redis, a wrong password, a
+    # table of other settings) name the shard and the fix: a traceback through redis-py adds nothing.
+    except (ShardUnavailable, InsecureShardError, ConfigMismatchError) as e:
         print(f"tidal: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -14,8 +14,10 @@ naming what stalled.
 from __future__ import annotations
 
 import logging
+import shutil
 import signal
 import time
+from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime
@@ -88,15 +90,34 @@ class Run:
 
 
 def make_run_dir(cfg: RunConfig) -> Path:
+    """A new run's directory, holding its whole config (`runs/latest` is NewRunDir's to move)."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = cfg.run_root / f"{stamp}-{cfg.name}"
     run_dir.mkdir(parents=True)
-    latest = cfg.run_root / "latest"
-    latest.unlink(missing_ok=True)
-    latest.symlink_to(run_dir.name)
     resolved = cfg.model_dump(mode="json", exclude={"replay": {"password"}})  # never a secret on disk
     (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
     return run_dir
+
+
+class NewRunDir:
+    """A new run's directory, which `runs/latest` points at only once the run has started (shards
+    reached, every actor ready): `tidal train --resume runs/latest` must never pick a run that
+    failed its start-up checks. One that never started is removed on the way out: it holds its
+    config and an empty replay, nothing to resume."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.latest = cfg.run_root / "latest"
+        self.path = make_run_dir(cfg)
+        self.has_started = False
+
+    def started(self) -> None:
+        self.latest.unlink(missing_ok=True)
+        self.latest.symlink_to(self.path.name)
+        self.has_started = True
+
+    def close(self) -> None:
+        if not self.has_started:
+            shutil.rmtree(self.path, ignore_errors=True)
 
 
 def resolve_model(cfg: RunConfig, progress: Progress) -> str:
@@ -305,9 +326,26 @@ def _fleet_state(run: Run) -> str:
         size = run.replay.size()
     except Exception as e:  # the diagnosis of a failure must not fail itself
         size = f"unknown ({type(e).__name__})"
+    try:
+        episodes = episode_failures(run.workers.stats())
+    except Exception as e:
+        episodes = f"episode failures unknown ({type(e).__name__})"
     return (f"replay size {size}; rollout workers: {counts['workers/alive']} ready, "
             f"{counts['workers/starting']} starting, {counts['workers/restarts']} restarts"
-            + (f"; last worker errors: {errors}" if errors else ""))
+            + (f"; last worker errors: {errors}" if errors else "") + (f"; {episodes}" if episodes else ""))
+
+
+def episode_failures(stats: list[dict]) -> str:
+    """The workers' failed episodes, by env and reason, with one failure's message: why no groups came
+    may be there (a prompt over the token budget, an env that raises), not in the workers' state."""
+    counts: Counter[str] = Counter()
+    for report in stats:
+        counts.update(report.get("episode_errors", {}))
+    parts = [f"{reason} x{count}" for reason, count in counts.most_common()]
+    example = next((r["last_episode_error"] for r in stats if r.get("last_episode_error")), None)
+    if example:
+        parts.append(f"e.g. {example}")
+    return f"failed episodes: {', '.join(parts)}" if parts else ""
 
 
 def recover_learners(run: Run, failure: LearnerFailure, resume_hint: str) -> int:
@@ -451,13 +489,18 @@ def train(cfg: RunConfig, resume_dir: Path | None = None) -> Path:
     version numbering) from its latest checkpoint; returns the run directory."""
     for line in reap_orphans():
         log.warning(line)
+    new_run = NewRunDir(cfg) if resume_dir is None else None
     # Resolved: runs/latest is a link, and the run's replay namespace is its directory's own name.
-    run_dir = resume_dir.resolve() if resume_dir is not None else make_run_dir(cfg)
+    run_dir = resume_dir.resolve() if new_run is None else new_run.path
     resume_hint = f"tidal train --resume {run_dir}"  # the run directory holds its whole config
     started = time.time()
     with ExitStack() as stack, Progress(cfg.steps) as progress:
+        if new_run is not None:  # first on the stack, so it runs last: after the shards and Ray have stopped
+            stack.callback(new_run.close)
         progress.note(f"run directory: {run_dir}")
         run = start_run(cfg, run_dir, stack, progress, started)
+        if new_run is not None:
+            new_run.started()
         # A resumed run goes back to its latest checkpoint; one that died before its first goes back to
         # step 0 with the model it started from, keeping the replay's groups of that version.
         step = resume(run) if resume_dir is not None else 0

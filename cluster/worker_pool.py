@@ -8,7 +8,9 @@ stopped, so a finished call of a worker nobody stopped is a worker that died. It
 were never acknowledged; the admission controller counts them as lost and frees their room (as it
 does for a stopped worker that gave up draining at its deadline). A dead worker, or one that dies
 warming up, is restarted unless its slot has used its restart budget, in which case the run stops
-with a `WorkerCrashLoop` that names the worker and its last error.
+with a `WorkerCrashLoop` that names the worker and its last error. One that stopped because the
+run's settings leave it nothing to do (`PromptsOverBudget`) stops the run at once: a replacement
+would stop the same way.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 
 import ray
 
-from actors.rollout_worker import WorkerStopped
+from actors.rollout_worker import PromptsOverBudget, WorkerStopped
 from cluster.errors import RunFailed
 from cluster.scaling import RestartBudget, reconcile_workers
 
@@ -37,9 +39,14 @@ def worker_lost(error: BaseException) -> bool:
         isinstance(error, ray.exceptions.RayTaskError) and isinstance(error.cause, WorkerStopped))
 
 
+def _cause(error: BaseException) -> BaseException:
+    """The worker's own exception, not Ray's wrapping of it."""
+    return error.cause if isinstance(error, ray.exceptions.RayTaskError) and error.cause else error
+
+
 def failure_reason(error: BaseException) -> str:
     """`Type: last line` of what failed: the worker's own exception, not Ray's wrapping of it."""
-    cause = error.cause if isinstance(error, ray.exceptions.RayTaskError) and error.cause else error
+    cause = _cause(error)
     lines = str(cause).strip().splitlines()
     return f"{type(cause).__name__}: {lines[-1] if lines else ''}"
 
@@ -153,6 +160,8 @@ class WorkerPool:
         return self._replace(worker, error)
 
     def _replace(self, dead: Worker, error: BaseException) -> str:
+        if isinstance(_cause(error), PromptsOverBudget):  # the settings' fault: a replacement would stop the same way
+            raise RunFailed(str(_cause(error))) from error
         reason = failure_reason(error)
         self.last_errors[dead.name] = reason
         self._on_gone(dead)

@@ -1,14 +1,18 @@
-"""Reaching the shards before anything else starts: a refused connection, a wrong password and a
-server that never answers are three named errors, each with the address, each within seconds."""
+"""Reaching the shards before anything else starts: a refused connection, a wrong password, a
+server that never answers and one that is not Redis are named errors, each with the address, each
+within seconds."""
 
 from __future__ import annotations
 
 import socket
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from buffer import ShardAuthError, ShardRefusedError, ShardTimeoutError, check_shards, start_local_shards, stop_local_shards
+from buffer import (ShardAuthError, ShardRefusedError, ShardTimeoutError, ShardUnavailable, check_shards,
+                    start_local_shards, stop_local_shards)
 
 
 def _closed_port() -> int:
@@ -46,3 +50,26 @@ def test_a_server_that_never_answers_is_a_timeout():
         with pytest.raises(ShardTimeoutError, match=f"127.0.0.1:{port} did not answer within 1.0s"):
             check_shards([f"redis://127.0.0.1:{port}"], None, timeout_s=1.0)
         assert time.monotonic() - started < 3
+
+
+class _Quiet(BaseHTTPRequestHandler):
+    def log_message(self, *args) -> None:  # no request lines in the test's output
+        pass
+
+
+def test_a_server_that_is_not_redis_is_named_without_the_password():
+    """An HTTP server on the shard's port used to end in redis-py's bare InvalidResponse ("Protocol
+    error, got "H""), naming no address."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        started = time.monotonic()
+        with pytest.raises(ShardUnavailable, match=f"127.0.0.1:{port} answered, but not as Redis does "
+                                                   r"\(not a Redis server\?\)") as caught:
+            check_shards([f"redis://:hunter2@127.0.0.1:{port}"], None, timeout_s=1.0)
+        assert "hunter2" not in str(caught.value)
+        assert time.monotonic() - started < 3
+    finally:
+        server.shutdown()
+        server.server_close()
