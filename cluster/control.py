@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import ray
@@ -43,9 +44,11 @@ class RunStatus:
 
 
 class RunController:
-    def __init__(self, status: RunStatus, shard_urls: list[str], namespace: str) -> None:
+    def __init__(self, status: RunStatus, shard_urls: list[str], namespace: str,
+                 fits: Callable[[int], None] | None = None) -> None:
         self._status = status
         self._replay = list(shard_urls), namespace
+        self._fits = fits  # raises PlacementError when the run with N rollout workers exceeds the cluster
 
     def report(self, record: dict, workers: int, replay: dict[str, float] | None = None,
                placement: list[dict] | None = None) -> None:
@@ -67,6 +70,8 @@ class RunController:
         """Set the desired rollout-worker count; returns the previous one."""
         if num_workers < 1:
             raise ValueError(f"rollout workers must be >= 1 (worker 0 also evaluates), got {num_workers}")
+        if self._fits is not None:  # refused here, where `tidal scale` hears it, not noted in the driver's log
+            self._fits(num_workers)
         previous = self._status.desired_workers
         self._status = replace(self._status, desired_workers=num_workers)
         return previous
@@ -83,11 +88,12 @@ class RunController:
 RemoteRunController = ray.remote(num_cpus=0, max_concurrency=4)(RunController)
 
 
-def start_controller(status: RunStatus, shard_urls: list[str], namespace: str):
+def start_controller(status: RunStatus, shard_urls: list[str], namespace: str,
+                     fits: Callable[[int], None] | None = None):
     """Create the run's controller (Ray must be initialised); fails if another run is live here."""
     try:
         return RemoteRunController.options(name=CONTROLLER_NAME, namespace=NAMESPACE).remote(
-            status, shard_urls, namespace)
+            status, shard_urls, namespace, fits)
     except ValueError as e:
         raise ControlError(f"another Tidal run is live on this Ray cluster (actor {CONTROLLER_NAME!r} in "
                            f"namespace {NAMESPACE!r} exists): stop it first or use another cluster") from e

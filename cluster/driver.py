@@ -21,6 +21,7 @@ from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 import ray
@@ -174,7 +175,8 @@ def start_run(cfg: RunConfig, run_dir: Path, stack: ExitStack, progress: Progres
     progress.note(f"Prometheus metrics: http://{node.node_ip_address}:{node.metrics_export_port}/metrics")
 
     controller = start_controller(RunStatus(cfg.name, str(run_dir), cfg.steps, cfg.rollout.num_workers),
-                                  shards.urls, replay_cfg.namespace)
+                                  shards.urls, replay_cfg.namespace,
+                                  partial(check_capacity, cfg.placement, num_ranks=cfg.learner.num_ranks))
     replay = ReplayClient(replay_cfg, shards.urls)
     stack.callback(replay.close)
     channel = WeightChannel.remote()

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from buffer.stats import PER_SHARD_KEY
 from cluster.control import RunStatus, find_controller
+from cluster.placement import PlacementError
 
 GCS_ADDRESS_HELP = ("the Ray cluster's GCS address HOST:PORT, e.g. head:6379 (not the dashboard URL that submit "
                     "takes; default: the cluster started on this machine)")
@@ -69,7 +70,12 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _scale(args: argparse.Namespace) -> int:
-    previous = ray.get(find_controller(args.address).scale.remote(args.rollout_workers), timeout=10)
+    try:
+        previous = ray.get(find_controller(args.address).scale.remote(args.rollout_workers), timeout=10)
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, PlacementError):  # more workers than the cluster holds: its own message says so
+            raise e.cause from None
+        raise
     print(f"rollout workers: desired {previous} -> {args.rollout_workers}; the driver applies it after its "
           "current learner step (`tidal status` shows the live count)")
     return 0

@@ -11,6 +11,7 @@ import sys
 import tempfile
 import time
 import uuid
+from functools import partial
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from cluster import replay_cli, status_cli
 from cluster.errors import ControlError, RunNotFoundError
 from cluster.control import (CONTROLLER_NAME, NAMESPACE, RunStatus, find_controller,
                              start_controller)
+from cluster.placement import PlacementConfig, PlacementError, check_capacity
 from cluster.scaling import reconcile_workers
 
 
@@ -56,6 +58,21 @@ def controller(shard, replay_config):
     yield handle
     ray.kill(handle)
     _wait_until_gone()
+
+
+def test_scale_past_the_clusters_resources_is_refused_naming_them(shard, replay_config, capsys):
+    """This Ray has 2 CPUs and each role asks 1 a process: 2 workers beside 1 learner rank do not fit.
+    Refused where `tidal scale` hears it (the run would wait forever for workers Ray cannot place)."""
+    handle = start_controller(RunStatus("unit", "/runs/unit", total_steps=10, desired_workers=1), [shard.url],
+                              replay_config.namespace, partial(check_capacity, PlacementConfig(), num_ranks=1))
+    try:
+        assert _cli(status_cli.register, ["scale", "--rollout-workers", "1"]) == 0
+        with pytest.raises(PlacementError, match=r"asks for more than the cluster has: 3 CPU \(the cluster has 2\)"):
+            _cli(status_cli.register, ["scale", "--rollout-workers", "2"])
+        assert ray.get(handle.desired_workers.remote()) == 1
+    finally:
+        ray.kill(handle)
+        _wait_until_gone()
 
 
 def _wait_until_gone(timeout_s: float = 10.0) -> None:
