@@ -64,6 +64,9 @@ class EpisodeLoop:
         self._held: list[tuple[str, list[int], SamplingConfig, int, int]] = []
         self._holding = False
         self._ids = itertools.count()
+        # A request's context fit the budget and went to the engine (or waits for it, held): prompts
+        # can fit. Set at the first turn (later turns come only after one), long before its group ends.
+        self.prompt_fitted = False
 
     # -- what the caller sees ------------------------------------------------------------------
     @property
@@ -129,6 +132,7 @@ class EpisodeLoop:
         if room < 1:  # overlong: the context filled the budget before the episode ended
             self._finish_all(group, indices, "length")
             return
+        self.prompt_fitted = True
         request_id = f"{group.key}/{next(self._ids)}"
         self._requests[request_id] = (group, indices)
         request = (request_id, context, group.sampling, min(group.sampling.max_new_tokens, room), len(indices))

@@ -56,25 +56,29 @@ class PromptsOverBudget(WorkerStopped):
 
 class PromptBudgetWatch:
     """Stops a worker whose groups all fail with their prompts over the token budget, at once, instead
-    of the learner waiting out its sample timeout for groups that never come. Only until the first
-    group that generated: a dataset with a few long prompts is not stopped by them."""
+    of the learner waiting out its sample timeout for groups that never come. Only until a prompt
+    fitted: a dataset with a few long prompts is not stopped by them."""
 
-    def __init__(self, worker: str, limit: int = PROMPT_CHECK_GROUPS) -> None:
-        self.worker, self.limit = worker, limit
+    def __init__(self, worker: str, loop: EpisodeLoop, limit: int = PROMPT_CHECK_GROUPS) -> None:
+        self.worker, self.loop, self.limit = worker, loop, limit
         self.over_budget = 0  # groups whose every prompt was over the budget
-        self.fits = False  # a group generated: prompts can fit, the watch is over
+
+    @property
+    def fits(self) -> bool:
+        """A prompt fitted: the watch is over. The loop's word, as soon as a first turn went to the
+        engine, not a finished group's: over-budget groups end at once and fitting ones only once
+        generated, so with many groups in flight 8 over-budget ones can end before the first fitting
+        one does, and would stop a run that trains fine."""
+        return self.loop.prompt_fitted
 
     def saw(self, run: GroupRun) -> None:
-        if self.fits:
+        if self.fits or run.over_budget < len(run.episodes):
             return
-        if any(not e.failed for e in run.episodes):
-            self.fits = True
-        elif run.over_budget == len(run.episodes):
-            self.over_budget += 1
-            if self.over_budget >= self.limit:
-                raise PromptsOverBudget(f"rollout worker {self.worker}: {self.over_budget} of its tasks had prompts "
-                                        f"that left no room to generate, and none has fitted yet: "
-                                        f"{run.episodes[0].error}")
+        self.over_budget += 1
+        if self.over_budget >= self.limit:
+            raise PromptsOverBudget(f"rollout worker {self.worker}: {self.over_budget} of its tasks had prompts "
+                                    f"that left no room to generate, and none has fitted yet: "
+                                    f"{run.episodes[0].error}")
 
 
 @dataclass
@@ -125,10 +129,10 @@ class RolloutWorker:
         self.name = name
         self.engine = make_engine(model_path, cfg.engine, seed=seed)
         self.errors = EpisodeErrorCounter()
-        self.prompt_watch = PromptBudgetWatch(name)
         self._last_episode_error: str | None = None  # an example for the counts in `errors`, in stats()
         self.loop = EpisodeLoop(self.engine, make_renderer(AutoTokenizer.from_pretrained(model_path)), cfg.limits,
                                 self.errors)
+        self.prompt_watch = PromptBudgetWatch(name, self.loop)
         self.tasks = env_cfg.build_task_source()
         self.replay = ReplayClient(replay_cfg, shard_urls)
         self.channel = channel
@@ -250,7 +254,10 @@ class RolloutWorker:
                 self.loop.pump(wait_s=0.005)
                 self._insert_finished()
         except BaseException as e:  # the worker's own failure: reported by run() and every waiter
-            log.exception("%s: engine thread failed", self.name)
+            if isinstance(e, PromptsOverBudget):  # a setting to change, not a bug: its message says it all
+                log.warning("%s: %s", self.name, e)
+            else:
+                log.exception("%s: engine thread failed", self.name)
             self._failure = e
         finally:
             self._shutdown()
