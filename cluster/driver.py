@@ -14,7 +14,6 @@ naming what stalled.
 from __future__ import annotations
 
 import logging
-import shutil
 import signal
 import time
 from collections import Counter
@@ -91,7 +90,7 @@ class Run:
 
 
 def make_run_dir(cfg: RunConfig) -> Path:
-    """A new run's directory, holding its whole config (`runs/latest` is NewRunDir's to move)."""
+    """A new run's directory, holding its whole config (`runs/latest` moves once the run has started)."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = cfg.run_root / f"{stamp}-{cfg.name}"
     run_dir.mkdir(parents=True)
@@ -100,25 +99,13 @@ def make_run_dir(cfg: RunConfig) -> Path:
     return run_dir
 
 
-class NewRunDir:
-    """A new run's directory, which `runs/latest` points at only once the run has started (shards
-    reached, every actor ready): `tidal train --resume runs/latest` must never pick a run that
-    failed its start-up checks. One that never started is removed on the way out: it holds its
-    config and an empty replay, nothing to resume."""
-
-    def __init__(self, cfg: RunConfig) -> None:
-        self.latest = cfg.run_root / "latest"
-        self.path = make_run_dir(cfg)
-        self.has_started = False
-
-    def started(self) -> None:
-        self.latest.unlink(missing_ok=True)
-        self.latest.symlink_to(self.path.name)
-        self.has_started = True
-
-    def close(self) -> None:
-        if not self.has_started:
-            shutil.rmtree(self.path, ignore_errors=True)
+def point_latest(run_dir: Path) -> None:
+    """`runs/latest` -> this run, once it has started (shards reached, every actor ready): `--resume
+    runs/latest` must never pick a run that failed its start-up checks. Such a run keeps its directory
+    (its Redis logs say why), under its own name."""
+    latest = run_dir.parent / "latest"
+    latest.unlink(missing_ok=True)
+    latest.symlink_to(run_dir.name)
 
 
 def resolve_model(cfg: RunConfig, progress: Progress) -> str:
@@ -473,9 +460,15 @@ def show_evaluation(run: Run, record: dict) -> None:
 
 def _save_on_the_way_out(run: Run, step: int, resume_hint: str) -> None:
     """Preemption: a final checkpoint, within its bound, and how to resume."""
-    run.note(f"stopping: saving a checkpoint (at most {run.cfg.checkpoint.timeout_s:.0f}s)...")
+    bound = run.cfg.checkpoint.timeout_s
+    run.note(f"stopping: finishing the update in flight and saving a checkpoint (at most {bound:.0f}s each)...")
     try:
-        learner = run.learners.settle(run.cfg.faults.watchdog_s)
+        learner = run.learners.settle(bound)
+    except Exception as e:  # e.g. an update starved of groups: the checkpoint must not wait on it, nor be lost with it
+        run.learners.drop_in_flight()
+        learner = None
+        run.note(f"the update in flight did not finish ({type(e).__name__}: {e}); checkpointing without its record")
+    try:
         if learner is not None:  # an update begun before the interrupt: it is a step, and it is recorded
             step += 1
             run.writer.write({"step": step, **learner, "wall_s": time.time() - run.started})
@@ -491,18 +484,15 @@ def train(cfg: RunConfig, resume_dir: Path | None = None) -> Path:
     version numbering) from its latest checkpoint; returns the run directory."""
     for line in reap_orphans():
         log.warning(line)
-    new_run = NewRunDir(cfg) if resume_dir is None else None
     # Resolved: runs/latest is a link, and the run's replay namespace is its directory's own name.
-    run_dir = resume_dir.resolve() if new_run is None else new_run.path
+    run_dir = resume_dir.resolve() if resume_dir is not None else make_run_dir(cfg)
     resume_hint = f"tidal train --resume {run_dir}"  # the run directory holds its whole config
     started = time.time()
     with ExitStack() as stack, Progress(cfg.steps) as progress:
-        if new_run is not None:  # first on the stack, so it runs last: after the shards and Ray have stopped
-            stack.callback(new_run.close)
         progress.note(f"run directory: {run_dir}")
         run = start_run(cfg, run_dir, stack, progress, started)
-        if new_run is not None:
-            new_run.started()
+        if resume_dir is None:
+            point_latest(run_dir)
         # A resumed run goes back to its latest checkpoint; one that died before its first goes back to
         # step 0 with the model it started from, keeping the replay's groups of that version.
         step = resume(run) if resume_dir is not None else 0

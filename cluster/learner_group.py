@@ -81,7 +81,7 @@ class LearnerGroup:
     def restart(self) -> None:
         for rank in self.ranks:
             ray.kill(rank, no_restart=True)
-        self._in_flight = None
+        self.drop_in_flight()
         self.restarts += 1
         self.start()
 
@@ -102,6 +102,10 @@ class LearnerGroup:
     def settle(self, watchdog_s: float) -> dict | None:
         """Finish an update begun and not collected (before a final checkpoint): its record, or None."""
         return None if self._in_flight is None else self.step(watchdog_s)
+
+    def drop_in_flight(self) -> None:
+        """Give up collecting the update in flight (it failed or outlasted its bound)."""
+        self._in_flight = None
 
     def save(self, step: int, driver_state: dict) -> float:
         """Checkpoint `step` (every rank); returns the seconds it took."""

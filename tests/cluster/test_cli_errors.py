@@ -61,18 +61,17 @@ def test_a_shard_that_is_down_or_not_redis_is_one_line_and_leaves_latest_alone(r
     assert "Traceback" not in err, err
     [line] = [line for line in err.splitlines() if line.startswith("tidal:")]
     assert re.match(f"tidal: replay shard 127.0.0.1:{port} {said}", line), line
-    # The run never started: nothing of it is left, and `--resume runs/latest` still finds the earlier run.
-    assert sorted(p.name for p in run_root.iterdir()) == ["20260101-000000-earlier", "latest"]
+    # The run never started: `--resume runs/latest` still finds the earlier run; the failed one keeps its dir.
     assert (run_root / "latest").resolve() == run_root / "20260101-000000-earlier"
+    [failed] = [p for p in run_root.iterdir() if p.name.endswith("-demo")]
+    assert (failed / "config.yaml").is_file()
 
 
 def test_latest_moves_to_a_new_run_once_it_has_started(tmp_path):
-    cfg = load_config(None, parse_overrides([f"run_root={tmp_path}"]))
-    run = driver.NewRunDir(cfg)
-    assert (run.path / "config.yaml").is_file() and not (tmp_path / "latest").exists()
-    run.started()
-    run.close()  # on the way out of a run that started: kept
-    assert (tmp_path / "latest").resolve() == run.path and run.path.is_dir()
+    run_dir = driver.make_run_dir(load_config(None, parse_overrides([f"run_root={tmp_path}"])))
+    assert (run_dir / "config.yaml").is_file() and not (tmp_path / "latest").exists()
+    driver.point_latest(run_dir)
+    assert (tmp_path / "latest").resolve() == run_dir
 
 
 def test_the_learners_starvation_names_the_episodes_failures():

@@ -5,19 +5,25 @@ integration tests (tests/integration/test_pipeline.py, test_faults.py)."""
 
 from __future__ import annotations
 
+import time
+from types import SimpleNamespace
+
 import pytest
 import ray
 
+from cluster.admission import RemoteAdmissionController
 from cluster.checkpoints import CheckpointConfig
+from cluster.driver import _save_on_the_way_out
 from cluster.learner_group import LearnerGroup
+from envs import CurriculumConfig
 
 
 @ray.remote
 class CountingRank:
     """Answers what LearnerGroup asks of a rank; each train_step is one more version."""
 
-    def __init__(self, rank: int) -> None:
-        self.rank, self.version, self.saved = rank, 0, []
+    def __init__(self, rank: int, step_s: float = 0.0) -> None:
+        self.rank, self.version, self.saved, self.step_s = rank, 0, [], step_s
 
     def rendezvous_address(self):
         return "127.0.0.1", 0
@@ -26,8 +32,12 @@ class CountingRank:
         pass
 
     def train_step(self) -> dict:
+        time.sleep(self.step_s)
         self.version += 1
         return {"policy_version": self.version, "groups": 8}
+
+    def activity(self) -> str:
+        return "training"
 
     def save_checkpoint(self, directory, tag, driver_state, keep) -> None:
         self.saved.append((tag, self.version))
@@ -81,6 +91,26 @@ def test_an_update_interrupted_while_it_is_collected_is_settled_not_lost(group, 
             group.step(10)
     assert group.settle(10)["policy_version"] == 1
     assert [version for version, _ in _states(group)] == [1, 1]  # collected, not run again
+
+
+def test_a_final_checkpoint_is_saved_when_the_update_in_flight_outlasts_its_bound(tmp_path):
+    """Ctrl-C while an update is starved of groups: the final checkpoint must not be lost waiting on it.
+    The update (4.5 s) outlasts the 3 s bound; the checkpoint is saved after it, unrecorded."""
+    learners = LearnerGroup(lambda rank: CountingRank.remote(rank, step_s=4.5), 1, tmp_path, CheckpointConfig())
+    learners.start()
+    notes = []
+    run = SimpleNamespace(cfg=SimpleNamespace(checkpoint=SimpleNamespace(timeout_s=3.0)), learners=learners,
+                          note=notes.append, started=time.time(),
+                          admission=RemoteAdmissionController.remote(4, 0, CurriculumConfig(), ["a"], 0,
+                                                                     SimpleNamespace(size=lambda: 0)))
+    try:
+        learners.begin_step()
+        _save_on_the_way_out(run, 5, "tidal train --resume RUN")
+        assert "the update in flight did not finish (LearnerStalled" in notes[1], notes
+        assert notes[2].startswith("checkpoint of step 5 saved"), notes
+        assert _states(learners) == [(1, [("step5", 1)])]
+    finally:
+        learners.kill()
 
 
 def test_a_restart_forgets_the_update_begun_on_the_old_ranks(group):
