@@ -9,7 +9,9 @@ what was ever produced) keeps the bound exact when groups are skipped, evicted o
 controller reads the replay's size itself, inside `admit`: calls to an actor run one at a time, so
 a group is counted in the replay or in flight (or briefly in both) when the next grant is made. A
 size read by the worker before its call could miss groups inserted meanwhile by others, whose room
-`done` had already freed, and the window overshot.
+`done` had already freed, and the window overshot. The size is read at most every SIZE_TTL_S, plus
+the groups reported stored since (one serial actor answers every worker: a read per call would
+put a round trip to every shard on each of them, and a hung shard would hold them all).
 
 Every grant carries the category of the task to draw, chosen by the run's curriculum, so that all
 workers sample from one distribution. The curriculum learns, after every learner step, from the
@@ -20,6 +22,7 @@ without any learning signal (all rewards equal: never stored, so never trained o
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from typing import Protocol
 
@@ -29,17 +32,22 @@ import ray
 from envs import CurriculumConfig, make_curriculum
 
 
+SIZE_TTL_S = 0.05
+
+
 class ReplaySize(Protocol):
     def size(self) -> int: ...
 
 
 class AdmissionController:
     def __init__(self, groups_per_step: int, max_staleness: int, curriculum: CurriculumConfig,
-                 categories: list[str], seed: int, replay: ReplaySize) -> None:
+                 categories: list[str], seed: int, replay: ReplaySize, size_ttl_s: float = SIZE_TTL_S) -> None:
         if groups_per_step <= 0 or max_staleness < 0:
             raise ValueError(f"groups_per_step={groups_per_step} must be > 0 and max_staleness={max_staleness} >= 0")
         self.window = (max_staleness + 1) * groups_per_step
         self.replay = replay  # groups waiting in the replay: ReplayClient.size
+        self.size_ttl_s = size_ttl_s
+        self._size, self._size_read_at, self._stored_since_read = 0, -float("inf"), 0
         self.curriculum = make_curriculum(curriculum, categories)
         self.rng = np.random.default_rng(seed)
         self.in_flight: Counter[str] = Counter()  # worker -> groups admitted, not yet inserted or dropped
@@ -48,17 +56,26 @@ class AdmissionController:
 
     def admit(self, worker: str, num_groups: int) -> list[str | None]:
         """Room for up to `num_groups` new groups: one category per admitted group (None: any task)."""
-        room = self.window - self.replay.size() - sum(self.in_flight.values())
+        room = self.window - self._buffered() - sum(self.in_flight.values())
         granted = max(0, min(num_groups, room))
         self.in_flight[worker] += granted
         self.counts["admitted"] += granted
         return [self.curriculum.sample_category(self.rng) for _ in range(granted)]
+
+    def _buffered(self) -> int:
+        """Groups in the replay: a read within size_ttl_s, plus those stored since (counted even if the
+        read saw them already, or the learner has taken them since: the bound errs on the safe side)."""
+        now = time.monotonic()
+        if now - self._size_read_at >= self.size_ttl_s:
+            self._size, self._size_read_at, self._stored_since_read = self.replay.size(), now, 0
+        return self._size + self._stored_since_read
 
     def done(self, worker: str, finished: int, stored: int, zero_signal: dict[str, int] | None = None) -> None:
         """`finished` admitted groups ended, `stored` of them were stored by the replay; `zero_signal`:
         category -> groups without a learning signal."""
         self.in_flight[worker] = max(0, self.in_flight[worker] - finished)
         self.counts["stored"] += stored
+        self._stored_since_read += stored
         self.zero_signal.update(zero_signal or {})
 
     def worker_lost(self, worker: str) -> int:

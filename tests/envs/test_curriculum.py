@@ -105,7 +105,8 @@ def test_the_curriculum_moves_to_the_category_that_can_be_learned(config):
     The numbers this test saw are in its assertion messages."""
     from cluster.admission import AdmissionController
 
-    admission = AdmissionController(16, 0, config, ["learnable", "unsolvable"], seed=1, replay=EmptyReplay())
+    admission = AdmissionController(16, 0, config, ["learnable", "unsolvable"], seed=1, replay=EmptyReplay(),
+                                    size_ttl_s=0)  # a simulated step takes microseconds: read the size every time
     learner = SimulatedLearner(0)
     start = admission.probabilities()
     history = []
