@@ -70,9 +70,9 @@ class RunController:
         """Set the desired rollout-worker count; returns the previous one."""
         if num_workers < 1:
             raise ValueError(f"rollout workers must be >= 1 (worker 0 also evaluates), got {num_workers}")
-        if self._fits is not None:  # refused here, where `tidal scale` hears it, not noted in the driver's log
-            self._fits(num_workers)
         previous = self._status.desired_workers
+        if self._fits is not None and num_workers > previous:  # refused where `tidal scale` hears it; never a scale-down
+            self._fits(num_workers)
         self._status = replace(self._status, desired_workers=num_workers)
         return previous
 

@@ -73,6 +73,14 @@ def test_scale_past_the_clusters_resources_is_refused_naming_them(shard, replay_
     finally:
         ray.kill(handle)
         _wait_until_gone()
+    # A run started at 3 workers (the cluster has since shrunk): scaling down to 2, still too many, is taken.
+    handle = start_controller(RunStatus("unit", "/runs/unit", total_steps=10, desired_workers=3), [shard.url],
+                              replay_config.namespace, partial(check_capacity, PlacementConfig(), num_ranks=1))
+    try:
+        assert ray.get(handle.scale.remote(2)) == 3 and ray.get(handle.desired_workers.remote()) == 2
+    finally:
+        ray.kill(handle)
+        _wait_until_gone()
 
 
 def _wait_until_gone(timeout_s: float = 10.0) -> None:
