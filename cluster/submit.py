@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import requests
+import yaml
 from ray.exceptions import AuthenticationError
 from ray.job_submission import JobSubmissionClient
 
@@ -30,7 +31,7 @@ DEFAULT_TOKEN_PATH = Path.home() / ".ray" / "auth_token"
 # A job runs in Ray's temporary copy of the working dir (runtime_resources/.../_ray_pkg_...), which Ray
 # deletes: a relative run_root there would lose the run's checkpoints and metrics. So a relative run_root
 # (the default `runs`) becomes this durable one, in the home dir of the node that runs the job's driver
-# (the head node), the way `tidal train` on that node keeps its runs; an absolute run_root is kept.
+# (the head node), the way `tidal train` on that node keeps its runs; an absolute or ~ run_root is kept.
 CLUSTER_RUN_ROOT = "~/tidal-runs"
 
 
@@ -78,12 +79,13 @@ def auth_headers(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
+def dashboard_url(address: str) -> str:
+    """`address` with http:// when it names no scheme, as Ray's JobSubmissionClient reads it."""
+    return address if "://" in address else f"http://{address}"
+
+
 def make_job_client(address: str, environ: Mapping[str, str] = os.environ):
     """A JobSubmissionClient for the dashboard at `address`, authenticated when a token is available."""
-    if not address.startswith(("http://", "https://")):
-        raise SubmitError(f"--address {address}: tidal submit takes the cluster's dashboard URL, http://HOST:PORT "
-                          "(`ray start --head` serves it on port 8265); HOST:PORT alone is the GCS address, "
-                          "which tidal status and scale take")
     token = find_auth_token(environ)
     try:
         return JobSubmissionClient(address, headers=auth_headers(token))
@@ -145,9 +147,20 @@ def validate_for_cluster(config_path: Path, model_on_cluster: bool):
     return cfg
 
 
-def job_spec(config_path: Path, working_dir: Path, run_root: Path) -> JobSpec:
+def written_run_root(config_path: Path) -> str:
+    """run_root as the (valid) config file writes it: loading the config expands a `~` on this machine,
+    but the job expands it on the head node."""
+    return str((yaml.safe_load(config_path.read_text()) or {}).get("run_root", "runs"))
+
+
+def cluster_run_root(run_root: str) -> str:
+    """Where outputs go on the cluster: `run_root` (as written) if absolute or under `~`, else CLUSTER_RUN_ROOT."""
+    return run_root if run_root.startswith("~") or Path(run_root).is_absolute() else CLUSTER_RUN_ROOT
+
+
+def job_spec(config_path: Path, working_dir: Path, run_root: str) -> JobSpec:
     """Entrypoint and runtime env: the working dir is uploaded and the run starts from it; its outputs
-    go to `run_root` if absolute, else to CLUSTER_RUN_ROOT (never into Ray's temporary copy)."""
+    go to cluster_run_root(run_root), never into Ray's temporary copy (`run_root` as written, `~` unexpanded)."""
     working_dir, config = working_dir.resolve(), config_path.resolve()
     if not working_dir.is_dir():
         raise ConfigError(f"working dir {working_dir} does not exist")
@@ -159,39 +172,41 @@ def job_spec(config_path: Path, working_dir: Path, run_root: Path) -> JobSpec:
     # `python -m cluster.cli` is `tidal`, but runs the uploaded code (the console script would run the
     # image's installed copy instead).
     command = ["python", "-m", "cluster.cli", "train", relative.as_posix()]
-    if not run_root.is_absolute():
-        command += ["--set", f"run_root={CLUSTER_RUN_ROOT}"]  # quoted: config.py expands the `~` on the cluster
+    root = cluster_run_root(run_root)
+    if root != run_root:
+        command += ["--set", f"run_root={root}"]  # quoted: config.py expands the `~` on the cluster
     return JobSpec(entrypoint=shlex.join(command),
                    runtime_env={"working_dir": str(working_dir), "excludes": list(UPLOAD_EXCLUDES)},
-                   run_root=str(run_root) if run_root.is_absolute() else CLUSTER_RUN_ROOT)
+                   run_root=root)
 
 
 def submit_run(config_path: Path, address: str, working_dir: Path = Path("."), *, model_on_cluster: bool = False,
-               job_id: str | None = None) -> tuple[str, str]:
-    """Validate locally, then submit; returns the job id and where the run's dir will be (on the cluster).
-    A bad config fails before any network call."""
+               job_id: str | None = None) -> tuple[str, str, bool]:
+    """Validate locally, then submit; returns the job id, where the run's dir will be (on the cluster) and
+    whether that is CLUSTER_RUN_ROOT in place of a relative run_root. A bad config fails before any network call."""
     cfg = validate_for_cluster(config_path, model_on_cluster)
-    spec = job_spec(config_path, working_dir, cfg.run_root)
+    run_root = written_run_root(config_path)
+    spec = job_spec(config_path, working_dir, run_root)
     client = make_job_client(address)
     try:
         job_id = client.submit_job(entrypoint=spec.entrypoint, runtime_env=spec.runtime_env,
                                    submission_id=job_id, metadata={"tidal_run": cfg.name})
     except (AuthenticationError, RuntimeError, requests.RequestException) as e:
         raise SubmitError(f"the Ray Jobs API at {address} did not take the job: {_server_reply(e)}") from e
-    return job_id, f"{spec.run_root}/<date>-<time>-{cfg.name}"
+    return job_id, f"{spec.run_root}/<date>-<time>-{cfg.name}", spec.run_root != run_root
 
 
 def _submit(args: argparse.Namespace) -> int:
-    job_id, run_dir = submit_run(args.config, args.address, args.working_dir,
-                                 model_on_cluster=args.model_on_cluster, job_id=args.job_id)
-    moved = ("; run_root is relative, and a job runs in a temporary copy of the working dir: set an absolute "
-             "run_root to choose (on several nodes, a filesystem they all see)" if run_dir.startswith(CLUSTER_RUN_ROOT)
-             else "")
-    print(f"submitted job {job_id} to {args.address}\n"
-          f"its outputs:      {run_dir} on the head node{moved}\n"
-          f"follow its logs:  RAY_AUTH_MODE=token ray job logs --address {args.address} --follow {job_id}\n"
-          f"its status:       RAY_AUTH_MODE=token ray job status --address {args.address} {job_id}\n"
-          f"or the Jobs page of the dashboard at {args.address}")
+    address = dashboard_url(args.address)
+    job_id, run_dir, moved = submit_run(args.config, address, args.working_dir,
+                                        model_on_cluster=args.model_on_cluster, job_id=args.job_id)
+    note = ("; run_root is relative, and a job runs in a temporary copy of the working dir: set an absolute "
+            "run_root to choose (on several nodes, a filesystem they all see)" if moved else "")
+    print(f"submitted job {job_id} to {address}\n"
+          f"its outputs:      {run_dir} on the head node{note}\n"
+          f"follow its logs:  RAY_AUTH_MODE=token ray job logs --address {address} --follow {job_id}\n"
+          f"its status:       RAY_AUTH_MODE=token ray job status --address {address} {job_id}\n"
+          f"or the Jobs page of the dashboard at {address}")
     return 0
 
 
@@ -199,7 +214,8 @@ def register(subparsers) -> None:
     """Add `submit` to the `tidal` argparse subcommands."""
     submit = subparsers.add_parser("submit", help="run a config as a Ray job on a cluster")
     submit.add_argument("config", type=Path, help="YAML run config (inside --working-dir; set ray.address: auto)")
-    submit.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://head:8265")
+    submit.add_argument("--address", required=True,
+                        help="the cluster's dashboard, e.g. http://head:8265 (head:8265 means http://)")
     submit.add_argument("--working-dir", type=Path, default=Path("."), help="uploaded to the cluster (default: .)")
     submit.add_argument("--model-on-cluster", action="store_true",
                         help="model.path exists on the cluster, not here: skip its local check")

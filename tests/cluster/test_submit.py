@@ -46,7 +46,7 @@ def test_token_lookup_order(tmp_path):
 
 
 def test_job_spec_uploads_the_working_dir_and_runs_train(tmp_path):
-    spec = job_spec(EXAMPLE, REPO, Path("/shared/tidal/runs"))
+    spec = job_spec(EXAMPLE, REPO, "/shared/tidal/runs")
     assert spec.entrypoint == "python -m cluster.cli train configs/example-cluster.yaml"
     assert spec.run_root == "/shared/tidal/runs"  # an absolute run_root is the config's own business
     assert spec.runtime_env["working_dir"] == str(REPO)
@@ -54,12 +54,12 @@ def test_job_spec_uploads_the_working_dir_and_runs_train(tmp_path):
     outside = tmp_path / "run.yaml"
     outside.write_text("steps: 1\n")
     with pytest.raises(ConfigError, match="outside the working dir"):
-        job_spec(outside, REPO, Path("runs"))
+        job_spec(outside, REPO, "runs")
 
 
 def test_a_relative_run_root_goes_to_the_home_dir_not_rays_temporary_copy():
     """A job runs in Ray's temporary copy of the working dir: relative outputs would be lost with it."""
-    spec = job_spec(EXAMPLE, REPO, Path("runs"))
+    spec = job_spec(EXAMPLE, REPO, "runs")
     assert spec.entrypoint == "python -m cluster.cli train configs/example-cluster.yaml --set 'run_root=~/tidal-runs'"
     assert spec.run_root == "~/tidal-runs"
     override = shlex.split(spec.entrypoint)[-1]  # as `train` gets it on the cluster, which expands the ~ there
@@ -159,10 +159,16 @@ def test_only_an_auth_refusal_mentions_the_token(tmp_path, monkeypatch, capsys, 
     assert "the cluster rejected the token: copy the head node's" in err
 
 
-def test_a_gcs_address_is_refused_with_the_dashboard_form(tmp_path, monkeypatch, capsys):
-    code, _, err = _tidal_submit(tmp_path, monkeypatch, capsys, "127.0.0.1:6379")
-    assert code == 1
-    assert "tidal: --address 127.0.0.1:6379: tidal submit takes the cluster's dashboard URL, http://HOST:PORT" in err
+SUBMITTED = {("GET", "/api/version"): RAY_VERSION, ("GET", "/api/packages/"): (200, ""),  # the upload exists
+             ("POST", "/api/jobs/"): (200, json.dumps({"job_id": None, "submission_id": "raysubmit_1"}))}
+
+
+def test_an_address_without_a_scheme_is_http_as_for_ray(tmp_path, monkeypatch, capsys):
+    with fake_server(SUBMITTED) as (url, received):
+        code, out, err = _tidal_submit(tmp_path, monkeypatch, capsys, url.removeprefix("http://"))
+    assert code == 0 and not err
+    assert [method for method, _, _ in received if method == "POST"] == ["POST"]
+    assert f"submitted job raysubmit_1 to {url}\n" in out and f"ray job logs --address {url} --follow" in out
 
 
 @pytest.mark.parametrize("status, body, message", [
@@ -174,24 +180,33 @@ def test_a_gcs_address_is_refused_with_the_dashboard_form(tmp_path, monkeypatch,
 ])
 def test_a_refused_submission_is_one_line_naming_the_address_and_the_servers_message(
         tmp_path, monkeypatch, capsys, status, body, message):
-    replies = {("GET", "/api/version"): RAY_VERSION, ("GET", "/api/packages/"): (200, ""),  # the upload exists
-               ("POST", "/api/jobs/"): (status, body)}
+    replies = SUBMITTED | {("POST", "/api/jobs/"): (status, body)}
     with fake_server(replies) as (url, _):
         code, out, err = _tidal_submit(tmp_path, monkeypatch, capsys, url)
     assert code == 1 and not out
     assert err == f"tidal: the Ray Jobs API at {url} did not take the job: {message}\n"
 
 
-def test_submit_says_where_the_outputs_go(tmp_path, monkeypatch, capsys):
-    replies = {("GET", "/api/version"): RAY_VERSION, ("GET", "/api/packages/"): (200, ""),
-               ("POST", "/api/jobs/"): (200, json.dumps({"job_id": None, "submission_id": "raysubmit_1"}))}
-    with fake_server(replies) as (url, received):
-        code, out, _ = _tidal_submit(tmp_path, monkeypatch, capsys, url, "name: mine\nray:\n  address: auto\n")
+MOVED = ("; run_root is relative, and a job runs in a temporary copy of the working dir: set an absolute run_root "
+         "to choose")
+
+
+@pytest.mark.parametrize("run_root, printed, entrypoint", [
+    (None, f"~/tidal-runs/<date>-<time>-mine on the head node{MOVED}", " --set 'run_root=~/tidal-runs'"),
+    ("runs/x", f"~/tidal-runs/<date>-<time>-mine on the head node{MOVED}", " --set 'run_root=~/tidal-runs'"),
+    # `~` is the head node's home, expanded there: not this machine's, as loading the config here makes it
+    ("~/x", "~/x/<date>-<time>-mine on the head node\n", ""),
+    ("~/tidal-runs", "~/tidal-runs/<date>-<time>-mine on the head node\n", ""),  # chosen, not moved
+    ("/shared/x", "/shared/x/<date>-<time>-mine on the head node\n", ""),
+])
+def test_submit_says_where_the_outputs_go(tmp_path, monkeypatch, capsys, run_root, printed, entrypoint):
+    config = "name: mine\nray:\n  address: auto\n" + (f"run_root: {run_root}\n" if run_root else "")
+    with fake_server(SUBMITTED) as (url, received):
+        code, out, _ = _tidal_submit(tmp_path, monkeypatch, capsys, url, config)
     assert code == 0
-    assert ("its outputs:      ~/tidal-runs/<date>-<time>-mine on the head node; run_root is relative, and a job "
-            "runs in a temporary copy of the working dir: set an absolute run_root to choose") in out
+    assert f"its outputs:      {printed}" in out
     [submitted] = [json.loads(body) for method, path, body in received if method == "POST"]
-    assert submitted["entrypoint"] == "python -m cluster.cli train run.yaml --set 'run_root=~/tidal-runs'"
+    assert submitted["entrypoint"] == "python -m cluster.cli train run.yaml" + entrypoint  # the YAML's run_root
 
 
 # ---- a real head node with token auth ---------------------------------------------------------
