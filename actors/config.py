@@ -11,6 +11,12 @@ from actors.episode import EpisodeLimits
 from actors.sampling import SamplingConfig
 
 
+def _under(field: str, error: dict) -> str:
+    """One error of a nested settings model, its location under `field` (a whole-model check has none)."""
+    where = ".".join([field, *map(str, error["loc"])])
+    return f"{where}: {error['msg'].removeprefix('Value error, ')}"
+
+
 class EnvConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -35,8 +41,7 @@ class EnvConfig(BaseModel):
             try:
                 build()
             except ValidationError as e:  # a component's own settings model: its keys sit under `field`
-                raise ValueError("; ".join(f"{field}.{'.'.join(map(str, error['loc']))}: {error['msg']}"
-                                           for error in e.errors())) from None
+                raise ValueError("; ".join(_under(field, error) for error in e.errors())) from None
         return self
 
     def build_task_source(self):

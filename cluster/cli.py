@@ -70,12 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"tidal: {e}", file=sys.stderr)
         return 2
-    except (ControlError, RunFailed) as e:
-        print(f"tidal: {e}", file=sys.stderr)
-        return 1
     # The replay's errors that the user's setup causes (a shard down or not Redis, a wrong password, a
     # table of other settings) name the shard and the fix: a traceback through redis-py adds nothing.
-    except (ShardUnavailable, InsecureShardError, ConfigMismatchError) as e:
+    except (ControlError, RunFailed, ShardUnavailable, InsecureShardError, ConfigMismatchError) as e:
         print(f"tidal: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
