@@ -294,11 +294,18 @@ def _answered(run: Run, worker: Worker, ref, timeout_s: float) -> bool:
         return False
 
 
+def supervise_workers(run: Run) -> None:
+    """Replace dead workers and note it; a pool that cannot go on (a crash loop, prompts no worker
+    can fit) stops the run."""
+    for note in run.workers.check():
+        run.note(note)
+
+
 def learner_step(run: Run) -> dict:
     """One update, with the watchdog's bound. A learner that waited for groups in vain, or a step
     that stalled, stops the run with what each part was doing."""
     try:
-        return run.learners.step(run.cfg.faults.watchdog_s)
+        return run.learners.step(run.cfg.faults.watchdog_s, while_waiting=lambda: supervise_workers(run))
     except ray.exceptions.RayTaskError as e:
         if not isinstance(e.cause, RateLimiterTimeout):
             raise
@@ -413,7 +420,8 @@ def train_loop(run: Run, step: int, resume_hint: str) -> int:
     policy = CheckpointPolicy(cfg.checkpoint)
     policy.saved(step)
     while step < cfg.steps:
-        for note in run.workers.check() + run.shards.revive():
+        supervise_workers(run)
+        for note in run.shards.revive():
             run.note(note)
         if cfg.mode == "sync":
             produce_on_policy(run, cfg.learner.groups_per_step)

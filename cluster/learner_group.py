@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import ray
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 SUMMED_OVER_RANKS = ("learner_tokens_per_s", "groups")  # per-rank counts; everything else is already global
 START_TIMEOUT_S = 600.0  # DeepSpeed initialisation, a model load and the process group's rendezvous
 CALL_TIMEOUT_S = 60.0
+SUPERVISE_EVERY_S = 1.0  # while a step waits longer than this, the driver's other duties run between waits
 
 
 class LearnerFailure(RuntimeError):
@@ -89,13 +91,15 @@ class LearnerGroup:
         """Start the next update on every rank without waiting for it; `step` collects it."""
         self._in_flight = [r.train_step.remote() for r in self.ranks]
 
-    def step(self, watchdog_s: float) -> dict:
-        """One update on every rank (the one begun, if any); the record merges the ranks' metrics."""
+    def step(self, watchdog_s: float, while_waiting: Callable[[], None] | None = None) -> dict:
+        """One update on every rank (the one begun, if any); the record merges the ranks' metrics.
+        `while_waiting` runs every SUPERVISE_EVERY_S of a long wait (a learner waiting for groups
+        must not hide a rollout fleet that died meanwhile); what it raises ends the wait."""
         if self._in_flight is None:
             self.begin_step()
         # Forgotten only once collected: an interrupt during the wait leaves it for settle(), which
         # records it before the final checkpoint (the checkpoint holds the update either way).
-        record = merge_rank_metrics(self._gather(self._in_flight, watchdog_s, "training a step"))
+        record = merge_rank_metrics(self._gather(self._in_flight, watchdog_s, "training a step", while_waiting))
         self._in_flight = None
         return record
 
@@ -148,9 +152,17 @@ class LearnerGroup:
                 out.append(f"rank {rank}: no answer ({type(e).__name__})")
         return out
 
-    def _gather(self, refs: list, timeout_s: float, what: str) -> list:
+    def _gather(self, refs: list, timeout_s: float, what: str, while_waiting: Callable[[], None] | None = None
+                ) -> list:
         """Every rank's result, or the first failure: a dead rank, or the bound running out."""
-        ready, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = max(0.0, deadline - time.monotonic())
+            ready, pending = ray.wait(refs, num_returns=len(refs),
+                                      timeout=left if while_waiting is None else min(left, SUPERVISE_EVERY_S))
+            if not pending or while_waiting is None or time.monotonic() >= deadline:
+                break
+            while_waiting()
         for ref in ready:
             try:
                 ray.get(ref)

@@ -14,6 +14,7 @@ import ray
 from cluster.admission import RemoteAdmissionController
 from cluster.checkpoints import CheckpointConfig
 from cluster.driver import _save_on_the_way_out
+from cluster.errors import RunFailed
 from cluster.learner_group import LearnerGroup
 from envs import CurriculumConfig
 
@@ -109,6 +110,28 @@ def test_a_final_checkpoint_is_saved_when_the_update_in_flight_outlasts_its_boun
         assert "the update in flight did not finish (LearnerStalled" in notes[1], notes
         assert notes[2].startswith("checkpoint of step 5 saved"), notes
         assert _states(learners) == [(1, [("step5", 1)])]
+    finally:
+        learners.kill()
+
+
+def test_a_long_step_supervises_between_waits_and_what_that_raises_ends_the_wait(tmp_path):
+    """A learner waiting for groups must not hide a rollout fleet that cannot go on: the run stopped only
+    when the learner's sample timed out (120 s), with the real cause noticed at the next step."""
+    learners = LearnerGroup(lambda rank: CountingRank.remote(rank, step_s=2.5), 1, tmp_path, CheckpointConfig())
+    learners.start()
+    calls = []
+
+    def fleet_gone() -> None:
+        raise RunFailed("prompts over the token budget")
+
+    try:
+        assert learners.step(30, while_waiting=lambda: calls.append(time.monotonic()))["policy_version"] == 1
+        assert 1 <= len(calls) <= 3, calls  # about every SUPERVISE_EVERY_S of the 2.5 s step
+        started = time.monotonic()
+        with pytest.raises(RunFailed, match="prompts over the token budget"):
+            learners.step(30, while_waiting=fleet_gone)
+        assert time.monotonic() - started < 2.0  # at the first supervision, not when the step ends
+        assert learners.settle(30)["policy_version"] == 2  # the update itself went on, and is collected once
     finally:
         learners.kill()
 
