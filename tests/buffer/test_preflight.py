@@ -5,24 +5,19 @@ within seconds."""
 from __future__ import annotations
 
 import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlparse
 
 import pytest
 
 from buffer import (ShardAuthError, ShardRefusedError, ShardTimeoutError, ShardUnavailable, check_shards,
                     start_local_shards, stop_local_shards)
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from buffer.ports import free_port
+from tests.http_stub import fake_server
 
 
 def test_a_refused_connection_names_the_address():
-    port = _closed_port()
+    port = free_port()  # free: nothing listens there
     started = time.monotonic()
     with pytest.raises(ShardRefusedError, match=f"127.0.0.1:{port} refused the connection"):
         check_shards([f"redis://127.0.0.1:{port}"], None)
@@ -52,24 +47,14 @@ def test_a_server_that_never_answers_is_a_timeout():
         assert time.monotonic() - started < 3
 
 
-class _Quiet(BaseHTTPRequestHandler):
-    def log_message(self, *args) -> None:  # no request lines in the test's output
-        pass
-
-
 def test_a_server_that_is_not_redis_is_named_without_the_password():
     """An HTTP server on the shard's port used to end in redis-py's bare InvalidResponse ("Protocol
     error, got "H""), naming no address."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Quiet)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        port = server.server_address[1]
+    with fake_server({}) as (url, _):
+        port = urlparse(url).port
         started = time.monotonic()
         with pytest.raises(ShardUnavailable, match=f"127.0.0.1:{port} answered, but not as Redis does "
                                                    r"\(not a Redis server\?\)") as caught:
             check_shards([f"redis://:hunter2@127.0.0.1:{port}"], None, timeout_s=1.0)
         assert "hunter2" not in str(caught.value)
         assert time.monotonic() - started < 3
-    finally:
-        server.shutdown()
-        server.server_close()

@@ -5,37 +5,24 @@ groups told why the workers made none."""
 from __future__ import annotations
 
 import re
-import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
+from urllib.parse import urlparse
 
 import pytest
 
+from buffer.ports import free_port
 from cluster import driver
 from cluster.cli import main
 from cluster.config import load_config, parse_overrides
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class _NotRedis(BaseHTTPRequestHandler):
-    def log_message(self, *args) -> None:
-        pass
+from tests.http_stub import fake_server
 
 
 @pytest.fixture
 def http_port():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _NotRedis)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
+    """A web server where the shard should be."""
+    with fake_server({}) as (url, _):
+        yield urlparse(url).port
 
 
 @pytest.fixture
@@ -55,7 +42,7 @@ def _train(run_root: Path, shard_url: str) -> int:
                                           ("http", r"answered, but not as Redis does \(not a Redis server\?\)")])
 def test_a_shard_that_is_down_or_not_redis_is_one_line_and_leaves_latest_alone(run_root, capsys, server, said,
                                                                                 request):
-    port = _closed_port() if server == "closed" else request.getfixturevalue("http_port")
+    port = free_port() if server == "closed" else request.getfixturevalue("http_port")  # free: nothing listens
     assert _train(run_root, f"redis://127.0.0.1:{port}") == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err, err

@@ -7,10 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import threading
 import time
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -22,6 +19,7 @@ from cluster.config import load_config, parse_overrides
 from cluster.errors import ConfigError
 from cluster.submit import (SubmitError, auth_headers, find_auth_token, job_spec, make_job_client, register,
                             submit_run, validate_for_cluster)
+from tests.http_stub import fake_server
 from tests.ray_head import ray_head, token_file
 
 REPO = Path(__file__).resolve().parents[2]
@@ -90,39 +88,6 @@ def test_unreachable_address_is_a_submit_error(tmp_path):
 
 RAY_VERSION = (200, json.dumps({"ray_version": "2.60.0", "version": "4"}))
 SECRET = "s3cret-t0ken-never-printed"
-
-
-class _Replies(BaseHTTPRequestHandler):
-    def _reply(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        self.server.received.append((self.command, self.path, body))
-        status, text = next((reply for (method, prefix), reply in self.server.replies.items()
-                             if method == self.command and self.path.startswith(prefix)), (404, "Not Found"))
-        data = text.encode()
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    do_GET = do_POST = do_PUT = _reply
-
-    def log_message(self, *args) -> None:
-        pass
-
-
-@contextmanager
-def fake_server(replies: dict[tuple[str, str], tuple[int, str]]):
-    """An HTTP server answering (method, path prefix) with (status, body), 404 to anything else; yields
-    its URL and the requests it got, (method, path, body)."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Replies)
-    server.replies, server.received = replies, []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}", server.received
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _tidal_submit(tmp_path, monkeypatch, capsys, url: str, config: str = "ray:\n  address: auto\nsteps: 1\n"):

@@ -10,30 +10,18 @@ import numpy as np
 import pytest
 import ray
 
-from actors.rendering import make_renderer
 from cluster.config import load_config
 from cluster.demo_model import build_demo_model
 from cluster.driver import evaluate, learner_step, start_run
 from cluster.progress import Progress
 from cluster.warm_start import AdditionWarmStart, DemoModelSettings
+from tests.first_digit_reference import first_digit_accuracy
 
 pytestmark = pytest.mark.integration
 
 STEPS = 4
 PROBED = 6  # tasks the parity probe samples
 FIRST_DIGITS = "12345"  # a second evaluation env, whose measure is far from 0 (exact correctness is near it)
-
-
-def _expected_first_digit_accuracy(live) -> tuple[float, float]:
-    """first_digit's expected sampled (T=1) accuracy on the held-out set, counted on the learner's weights
-    without the rollout worker (an episode succeeds when its first token is a target), and the standard
-    deviation of one pass's mean."""
-    tokenizer, renderer, env = live.tokenizer, make_renderer(live.tokenizer), live.cfg.env.build_env()
-    contexts = [renderer.first(env.reset(task)) for task in live.cfg.env.build_task_source().eval_tasks()]
-    targets = [tokenizer.convert_tokens_to_ids(digit) for digit in FIRST_DIGITS]
-    probabilities = live.learners.call_rank0("next_token_probabilities", contexts, [targets] * len(contexts))
-    success = np.sum(probabilities, axis=1)
-    return float(success.mean()), float(np.sqrt((success * (1 - success)).sum()) / len(success))
 
 
 def test_a_run_on_the_transformers_engine_trains_and_serves_the_new_weights(tmp_path):
@@ -56,7 +44,8 @@ def test_a_run_on_the_transformers_engine_trains_and_serves_the_new_weights(tmp_
         probe = ray.get(worker.probe.remote(PROBED))
         recomputed = live.learners.call_rank0("recompute_logprobs", [p["token_ids"] for p in probe])
         evaluation = evaluate(live)
-        expected, sd = _expected_first_digit_accuracy(live)
+        reference = first_digit_accuracy(live, FIRST_DIGITS)
+        expected, sd = reference["sampled"], reference["sampled_sd"]
     assert all(r["groups"] == 4 and np.isfinite(r["loss"]) for r in records)
     # probe() drops failed episodes, and a mask without model tokens compares nothing: all probed, each sampled
     assert len(probe) == PROBED

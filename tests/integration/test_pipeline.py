@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import ray
 
-from actors.rendering import make_renderer
 from cluster.config import load_config
 from cluster.demo_model import build_demo_model
 from cluster.driver import checkpoint, evaluate, learner_step, start_run
 from cluster.progress import Progress
 from cluster.warm_start import AdditionWarmStart, DemoModelSettings
+from tests.first_digit_reference import first_digit_accuracy
 
 pytestmark = pytest.mark.integration
 
@@ -57,24 +57,8 @@ def run(tmp_path_factory):
         recomputed = live.learners.call_rank0("recompute_logprobs", [p["token_ids"] for p in probe])
         yield {"run_dir": run_dir, "records": records, "versions_seen": versions_seen, "worker_stats": worker_stats,
                "probe": probe, "recomputed": recomputed, "learner_version": records[-1]["policy_version"],
-               "eval": evaluate(live), "accuracy": _first_digit_accuracy(live),
+               "eval": evaluate(live), "accuracy": first_digit_accuracy(live, TARGETS),
                "ledger": live.replay.audit()}
-
-
-def _first_digit_accuracy(live) -> dict[str, float]:
-    """first_digit's held-out accuracy counted without the rollout worker, from the learner's next-token
-    probabilities at each prompt (an episode succeeds when its first token is a target): greedy, the share
-    of prompts whose most likely token is one; sampled (T=1), its expected value and the standard
-    deviation of one pass's mean."""
-    tokenizer, renderer, env = live.tokenizer, make_renderer(live.tokenizer), live.cfg.env.build_env()
-    contexts = [renderer.first(env.reset(task)) for task in live.cfg.env.build_task_source().eval_tasks()]
-    vocabulary = list(range(len(tokenizer)))
-    is_target = np.array([tokenizer.decode([t], skip_special_tokens=True)[:1] in set(TARGETS) for t in vocabulary])
-    probabilities = np.array(live.learners.call_rank0("next_token_probabilities", contexts,
-                                                      [vocabulary] * len(contexts)))
-    success = probabilities[:, is_target].sum(axis=1)
-    return {"greedy": float(is_target[probabilities.argmax(axis=1)].mean()), "sampled": float(success.mean()),
-            "sampled_sd": float(np.sqrt((success * (1 - success)).sum()) / len(success))}
 
 
 def test_groups_from_both_workers_reach_the_learner_through_redis(run):
